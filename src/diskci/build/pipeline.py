@@ -1,0 +1,154 @@
+"""The stage graph of ``diskci build``: which stages run, in what order, for which architecture.
+
+Each stage is a function ``stage(ctx: BuildContext) -> None`` in its own module; it reads its inputs
+from ``ctx.arch_dir`` (and the cache), writes its outputs through ``atomic_path`` and records them
+with ``ctx.add_artifact``. Stages are imported only when they run. build.json is written after every
+architecture, so what it lists always exists on disk.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diskci.build.manifest import Artifact, ArchBuild, BuildManifest
+from diskci.console import Step, step
+from diskci.errors import UsageError
+from diskci.spec import Architecture, PlatformSpec
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    target: str  # "module:function"
+    needs: tuple[str, ...] = ()
+    description: str = ""
+
+    def load(self) -> Callable[[BuildContext], None]:
+        module, func = self.target.split(":")
+        return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("rootfs", "diskci.build.rootfs:stage", (), "root filesystem tarball (mmdebstrap)"),
+    Stage("composefs", "diskci.build.composefs:stage", ("rootfs",), "composefs image + object store"),
+    Stage("kernel", "diskci.build.artifacts.kernel:stage", ("rootfs",), "the kernel (vmlinuz)"),
+    Stage("rootimage", "diskci.build.artifacts.rootimage:stage", ("rootfs",), "compressed root image"),
+    Stage("initramfs", "diskci.build.initramfs.builder:stage", ("rootfs", "kernel"), "netboot initramfs"),
+    Stage("ipxe", "diskci.build.artifacts.ipxe:stage", ("kernel", "initramfs", "rootimage"), "boot.ipxe"),
+    Stage("raw", "diskci.build.artifacts.raw:stage", ("kernel", "initramfs", "rootimage"), "GPT disk"),
+    Stage("qcow2", "diskci.build.artifacts.qcow2:stage", ("raw",), "qcow2 disk"),
+    Stage("iso", "diskci.build.artifacts.iso:stage", ("kernel", "initramfs", "rootimage"), "hybrid ISO"),
+    Stage("oci", "diskci.build.artifacts.oci:stage", ("rootfs",), "OCI image layout"),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def resolve_stages(wanted: Sequence[str] | None) -> list[Stage]:
+    """The stages to run for ``wanted`` (all by default), with everything they need, in order."""
+    by_name = {s.name: s for s in STAGES}
+    if not wanted:
+        return list(STAGES)
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown:
+        raise UsageError(f"unknown stage(s): {', '.join(unknown)}; known: {', '.join(STAGE_NAMES)}")
+    chosen: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in chosen:
+            chosen.add(name)
+            for dep in by_name[name].needs:
+                add(dep)
+
+    for w in wanted:
+        add(w)
+    return [s for s in STAGES if s.name in chosen]
+
+
+@dataclass
+class BuildContext:
+    """Everything a stage may use for one architecture of one build."""
+
+    spec: PlatformSpec
+    spec_path: Path
+    arch: Architecture
+    build_dir: Path
+    cache_dir: Path
+    source_date_epoch: int
+    use_cache: bool
+    manifest: BuildManifest
+    stages: tuple[str, ...] = ()
+    progress: Step | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def arch_dir(self) -> Path:
+        return self.build_dir / self.arch.value
+
+    @property
+    def record(self) -> ArchBuild:
+        return self.manifest.arch(self.arch.value)
+
+    @property
+    def logs_dir(self) -> Path:
+        d = self.arch_dir / "logs"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def env(self) -> dict[str, str]:
+        """Environment for reproducible tools."""
+        return {"SOURCE_DATE_EPOCH": str(self.source_date_epoch)}
+
+    def add_artifact(
+        self,
+        path: Path,
+        media_type: str,
+        *,
+        with_fsverity: bool = False,
+        annotations: dict[str, str] | None = None,
+    ) -> Artifact:
+        art = Artifact.from_file(
+            self.build_dir, path, media_type, with_fsverity=with_fsverity, annotations=annotations
+        )
+        return self.record.add(art)
+
+    def tool(self, name: str, version: str) -> None:
+        self.manifest.tools[name] = version
+
+    def report(self, detail: str) -> None:
+        if self.progress is not None:
+            self.progress.update(detail)
+
+
+def source_date_epoch_for(spec: PlatformSpec, spec_path: Path, flag: int | None) -> int:
+    """The flag, else $SOURCE_DATE_EPOCH, else the spec's, else the spec file's last commit time."""
+    if flag is not None:
+        return flag
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        try:
+            return int(env)
+        except ValueError:
+            raise UsageError(f"SOURCE_DATE_EPOCH={env!r} is not an integer") from None
+    if spec.source_date_epoch is not None:
+        return spec.source_date_epoch
+    try:
+        out = subprocess.run(
+            ["git", "log", "-1", "--format=%ct", "--", spec_path.name],
+            cwd=spec_path.resolve().parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+    except OSError:
+        out = ""
+    if out.isdigit():
+        return int(out)
+    raise UsageError(
+        f"no SOURCE_DATE_EPOCH for {spec_path}: pass --source-date-epoch, set $SOURCE_DATE_EPOCH, "
+        "add source_date_epoch to the spec, or commit the spec file to git"
+    )

@@ -1,0 +1,147 @@
+"""The one error base of diskci, and the families every room derives its errors from.
+
+Only the CLI (and the HTTP error handler) turn an error into a message and an exit code or status;
+everything else raises. Third-party errors are translated at the boundary (``raise X(...) from exc``).
+
+    DiskciError                      exit 1; ``diagnostics()`` is the one-paragraph message
+    ├── UsageError                   exit 2: a bad flag or argument combination
+    ├── SpecError                    exit 2: an invalid platform spec (every problem, with its field path)
+    ├── ToolError                    an external tool failed: argv, exit status, tail of its output
+    ├── BuildError                   a build stage could not do its job
+    │   ├── CacheError
+    │   └── ResourceError            not enough disk, a missing package, no emulation
+    ├── FormatError                  bad input to a format writer/reader (tar, EROFS, composefs, cpio)
+    ├── SupplyChainError             signing authority and bundle problems
+    │   └── VerificationFailed       carries a machine-readable ``reason`` code
+    ├── RegistryError                OCI registry or layout problems
+    ├── NotifyError                  webhook delivery failed
+    └── PlatformError                control-plane errors; each carries its HTTP status
+        ├── NotFound                 404
+        ├── Conflict                 409
+        ├── Unauthorized             401
+        ├── Forbidden                403
+        └── InvalidRequest           400
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DiskciError(Exception):
+    """Base of every error diskci raises on purpose."""
+
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """The message shown to a person: what went wrong, and what to do about it when known."""
+        if self.hint:
+            return f"{self.message}\n{self.hint}"
+        return self.message
+
+
+class UsageError(DiskciError):
+    exit_code = 2
+
+
+class SpecError(DiskciError):
+    """An invalid platform spec; ``problems`` holds (field path, what was expected) pairs."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: Sequence[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  {loc}: {msg}" for loc, msg in self.problems)
+        super().__init__(f"{source}: invalid platform spec ({len(self.problems)} problem(s))\n{lines}")
+
+
+class ToolError(DiskciError):
+    """An external program exited non-zero."""
+
+    def __init__(
+        self,
+        tool: str,
+        argv: Sequence[str],
+        returncode: int,
+        output_tail: str = "",
+        *,
+        hint: str | None = None,
+    ) -> None:
+        import shlex
+
+        self.tool = tool
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.output_tail = output_tail
+        msg = f"{tool} failed with exit status {returncode}: {shlex.join(self.argv)}"
+        if output_tail.strip():
+            msg += "\n--- last lines of its output ---\n" + output_tail.rstrip()
+        super().__init__(msg, hint=hint)
+
+
+class BuildError(DiskciError):
+    pass
+
+
+class CacheError(BuildError):
+    pass
+
+
+class ResourceError(BuildError):
+    pass
+
+
+class FormatError(DiskciError):
+    pass
+
+
+class SupplyChainError(DiskciError):
+    pass
+
+
+class VerificationFailed(SupplyChainError):
+    """A publication or bundle failed verification; ``reason`` is a stable code such as
+    ``identity_mismatch``, ``issuer_mismatch``, ``signature_invalid``, ``digest_mismatch``."""
+
+    def __init__(self, reason: str, message: str, *, hint: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {message}", hint=hint)
+
+
+class RegistryError(DiskciError):
+    pass
+
+
+class NotifyError(DiskciError):
+    pass
+
+
+class PlatformError(DiskciError):
+    http_status: int = 500
+
+
+class NotFound(PlatformError):
+    http_status = 404
+
+
+class Conflict(PlatformError):
+    http_status = 409
+
+
+class Unauthorized(PlatformError):
+    http_status = 401
+
+
+class Forbidden(PlatformError):
+    http_status = 403
+
+
+class InvalidRequest(PlatformError):
+    http_status = 400
+    exit_code = 2
