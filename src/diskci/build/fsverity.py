@@ -30,7 +30,12 @@ class FsVerityHasher:
         # levels[i]: hashes (concatenated) of level i waiting to fill one block of level i+1
         self._levels: list[bytearray] = []
 
-    def update(self, data: bytes | memoryview) -> None:
+    @property
+    def size(self) -> int:
+        """Bytes fed so far."""
+        return self._size
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
         mv = memoryview(data)
         self._size += len(mv)
         if self._partial:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import importlib
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diskci.build.manifest import Artifact, ArchBuild, BuildManifest
+from diskci.build.manifest import ArchBuild, Artifact, BuildManifest
 from diskci.console import Step, step
-from diskci.errors import UsageError
-from diskci.spec import Architecture, PlatformSpec
+from diskci.errors import BuildError, UsageError
+from diskci.spec import Architecture, PlatformSpec, load_spec
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Stage:
 
     def load(self) -> Callable[[BuildContext], None]:
         module, func = self.target.split(":")
-        return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), func)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -152,3 +153,93 @@ def source_date_epoch_for(spec: PlatformSpec, spec_path: Path, flag: int | None)
         f"no SOURCE_DATE_EPOCH for {spec_path}: pass --source-date-epoch, set $SOURCE_DATE_EPOCH, "
         "add source_date_epoch to the spec, or commit the spec file to git"
     )
+
+
+def _manifest_for(spec: PlatformSpec, out: Path, source_date_epoch: int) -> BuildManifest:
+    """The build directory's build.json when it describes this spec and epoch, else a new one."""
+    if (out / "build.json").is_file():
+        try:
+            old = BuildManifest.load(out)
+        except BuildError:
+            old = None
+        if (
+            old is not None
+            and old.spec_digest == spec.digest()
+            and old.source_date_epoch == source_date_epoch
+        ):
+            return old
+    return BuildManifest(
+        platform=spec.name,
+        version=spec.version,
+        spec_digest=spec.digest(),
+        spec=spec.normalized(),
+        source_date_epoch=source_date_epoch,
+    )
+
+
+def select_architectures(spec: PlatformSpec, archs: Sequence[str] | None) -> list[Architecture]:
+    """``archs`` (default: all of the spec's), each checked against the spec."""
+    if not archs:
+        return list(spec.architectures)
+    chosen: list[Architecture] = []
+    for a in archs:
+        try:
+            arch = Architecture(a)
+        except ValueError:
+            known = ", ".join(x.value for x in Architecture)
+            raise UsageError(f"unknown architecture {a!r}: diskci builds {known}") from None
+        if arch not in spec.architectures:
+            have = ", ".join(x.value for x in spec.architectures)
+            raise UsageError(f"{spec.name} is not defined for {arch.value} (its architectures: {have})")
+        if arch not in chosen:
+            chosen.append(arch)
+    return chosen
+
+
+def run_build(
+    spec_path: Path,
+    archs: Sequence[str] | None,
+    out: Path,
+    cache: Path,
+    source_date_epoch: int | None,
+    stages: Sequence[str] | None,
+    use_cache: bool = True,
+) -> BuildManifest:
+    """Run the chosen stages (with what they need) for every chosen architecture; returns build.json.
+
+    build.json is saved after every stage, so what it lists always exists on disk; an arch whose stage
+    fails keeps the artifacts of the stages before it, and the error propagates.
+    """
+    spec = load_spec(spec_path)
+    chosen_archs = select_architectures(spec, archs)
+    plan = resolve_stages(stages)
+    sde = source_date_epoch_for(spec, spec_path, source_date_epoch)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest_for(spec, out, sde)
+    manifest.tools["python"] = sys.version.split()[0]
+    names = tuple(s.name for s in plan)
+    for arch in chosen_archs:
+        ctx = BuildContext(
+            spec=spec,
+            spec_path=Path(spec_path),
+            arch=arch,
+            build_dir=out,
+            cache_dir=Path(cache),
+            source_date_epoch=sde,
+            use_cache=use_cache,
+            manifest=manifest,
+            stages=names,
+        )
+        ctx.record.inputs["stages"] = list(names)
+        for st in plan:
+            func = st.load()
+            with step(f"{st.name} [{arch.value}]") as progress:
+                ctx.progress = progress
+                try:
+                    func(ctx)
+                finally:
+                    ctx.progress = None
+            manifest.save(out)
+        manifest.save(out)
+    return manifest

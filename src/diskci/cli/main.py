@@ -16,6 +16,11 @@ from diskci.errors import DiskciError
 COMMAND_MODULES = (
     "diskci.cli.spec",
     "diskci.cli.build",
+    "diskci.cli.fsverity",
+    "diskci.cli.composefs",
+    "diskci.cli.platform",
+    "diskci.cli.publish",
+    "diskci.cli.authority",
 )
 
 app = typer.Typer(

@@ -1,0 +1,289 @@
+"""Stage 2: the composefs image (metadata-only EROFS) and its object store, as mkcomposefs 1.0.x makes them.
+
+What mkcomposefs does to a tree before writing it (containers/composefs, libcomposefs/lcfs-writer-erofs.c):
+1. every existing ``trusted.overlay.*`` xattr is escaped to ``trusted.overlay.overlay.*``;
+2. a regular file of at most 64 bytes is stored inline; a larger one becomes a hole of the right size with
+   ``trusted.overlay.metacopy`` (header {0, 36, 0, 1} + its fs-verity digest) and
+   ``trusted.overlay.redirect`` = ``/XX/<rest of the digest>``, its bytes going to the object store;
+3. an overlay whiteout (char device 0/0) becomes an empty regular file with the escaped whiteout xattrs,
+   and its directory is marked (format version 1 also marks it opaque "x");
+4. the root gets ``trusted.overlay.opaque=y`` and whiteouts ``00``..``ff`` (so the image works as an
+   overlay lower layer over the object store as a data-only layer);
+5. the EROFS image starts with the 32-byte composefs header (magic, version, flags, format version).
+The image digest is the fs-verity digest of the image file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+from diskci.atomic import atomic_path
+from diskci.build import erofs, fstree
+from diskci.build.fstree import Node
+from diskci.build.fsverity import FsVerityHasher
+from diskci.errors import BuildError, FormatError, UsageError
+from diskci.registry.mediatypes import ANNOTATION_ARCH, ANNOTATION_COMPOSEFS, COMPOSEFS_IMAGE
+
+if TYPE_CHECKING:
+    from diskci.build.pipeline import BuildContext
+
+MAGIC = 0xD078629A
+HEADER_VERSION = 1
+FLAG_HAS_ACL = 1
+INLINE_MAX = 64
+VERSION_MAX = 1
+DEFAULT_MIN_VERSION = 0
+DEFAULT_MAX_VERSION = 1
+FS_VERITY_HASH_ALG_SHA256 = 1
+
+OVERLAY = b"trusted.overlay."
+ESCAPED = b"trusted.overlay.overlay."
+USER_OVERLAY = b"user.overlay."
+_HEADER = struct.Struct("<IIII16x")
+
+
+class ComposefsError(FormatError):
+    """The source cannot be turned into a composefs image."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """A written composefs image: its fs-verity digest (hex), size, inode count and external objects."""
+
+    digest: str
+    size: int
+    inodes: int
+    format_version: int
+    objects: int
+    object_bytes: int
+
+
+def load_source(source: Path) -> Node:
+    """A directory is walked; a file is read as an (uncompressed) tarball."""
+    if source.is_dir():
+        return fstree.from_directory(source)
+    if source.is_file():
+        return fstree.from_tar(source)
+    raise UsageError(f"{source}: no such directory or tarball")
+
+
+def object_path(digest: bytes) -> str:
+    """``XX/<rest>``: where an object lives in the store (and what the redirect xattr names)."""
+    hexd = digest.hex()
+    return f"{hexd[:2]}/{hexd[2:]}"
+
+
+def _ingest(node: Node, store: Path | None) -> tuple[Node, bytes | None, int]:
+    """Read a regular file once: inline content, or its fs-verity digest (and a copy in the store)."""
+    if node.size <= INLINE_MAX:
+        data = node.read()
+        if len(data) != node.size:
+            raise ComposefsError(f"file contents are {len(data)} bytes, its size says {node.size}")
+        return node, data, 0
+    hasher = FsVerityHasher()
+    tmp = None
+    if store is not None:
+        fd, name = tempfile.mkstemp(prefix=".tmp", dir=store)
+        tmp = os.fdopen(fd, "wb")
+    try:
+        for chunk in node.chunks():
+            hasher.update(chunk)
+            if tmp is not None:
+                tmp.write(chunk)
+        digest = hasher.digest()
+        if hasher.size != node.size:
+            raise ComposefsError(f"file contents are {hasher.size} bytes, its size says {node.size}")
+        if tmp is not None:
+            tmp.close()
+            os.chmod(name, 0o644)
+            dest = store / object_path(digest)  # type: ignore[operator]
+            dest.parent.mkdir(exist_ok=True)
+            if dest.exists():
+                os.unlink(name)
+            else:
+                os.rename(name, dest)
+            tmp = None
+    finally:
+        if tmp is not None:
+            tmp.close()
+            os.unlink(name)
+    return node, digest, node.size
+
+
+def _format_version(nodes: list[Node], min_version: int, max_version: int) -> int:
+    if not 0 <= min_version <= VERSION_MAX or not 0 <= max_version <= VERSION_MAX:
+        raise UsageError(f"composefs format versions are 0..{VERSION_MAX}")
+    max_version = max(max_version, min_version)
+    version = min_version
+    if version < 1 <= max_version and any(_is_whiteout(n) for n in nodes):
+        version = 1
+    return version
+
+
+def _is_whiteout(node: Node) -> bool:
+    return node.kind == stat.S_IFCHR and node.rdev == 0
+
+
+def _escape(xattrs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+    return {(ESCAPED + k[len(OVERLAY) :] if k.startswith(OVERLAY) else k): v for k, v in xattrs.items()}
+
+
+def prepare_tree(
+    root: Node,
+    *,
+    digest_store: Path | None = None,
+    use_epoch: bool = False,
+    min_version: int = DEFAULT_MIN_VERSION,
+    max_version: int = DEFAULT_MAX_VERSION,
+    threads: int | None = None,
+) -> tuple[Node, int, int, int]:
+    """The tree mkcomposefs would write for ``root`` (a new tree; ``root`` is left as it was), its format
+    version, and the number and bytes of external objects (copied into ``digest_store`` when given)."""
+    unique: dict[int, Node] = {}
+    parents: dict[int, Node] = {}
+    for path, node in fstree.walk(root):
+        unique.setdefault(id(node), node)
+        if node.children:
+            for child in node.children.values():
+                parents.setdefault(id(child), node)
+        del path
+    nodes = list(unique.values())
+    version = _format_version(nodes, min_version, max_version)
+
+    files = [n for n in nodes if n.is_reg and n.size > 0]
+    if digest_store is not None:
+        digest_store.mkdir(parents=True, exist_ok=True)
+    workers = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ingested = list(pool.map(lambda n: _ingest(n, digest_store), files))
+    content = {id(n): (d, size) for n, d, size in ingested}
+
+    new: dict[int, Node] = {}
+    for node in nodes:
+        copy = replace(node, xattrs=_escape(node.xattrs), data=None, source=None)
+        if use_epoch:
+            copy.mtime = copy.mtime_nsec = 0
+        if node.is_reg and node.size > 0:
+            blob, external = content[id(node)]
+            if external:
+                assert blob is not None
+                copy.xattrs[OVERLAY + b"metacopy"] = (
+                    bytes((0, 4 + len(blob), 0, FS_VERITY_HASH_ALG_SHA256)) + blob
+                )
+                copy.xattrs[OVERLAY + b"redirect"] = b"/" + object_path(blob).encode()
+            else:
+                copy.data = blob
+        new[id(node)] = copy
+    for node in nodes:
+        copy = new[id(node)]
+        if node.children is not None:
+            copy.children = {name: new[id(child)] for name, child in node.children.items()}
+    for node in nodes:
+        if node is root or not _is_whiteout(node):
+            continue
+        copy = new[id(node)]
+        copy.mode = stat.S_IFREG | stat.S_IMODE(node.mode)
+        copy.size = 0
+        copy.xattrs[ESCAPED + b"whiteout"] = b""
+        copy.xattrs[USER_OVERLAY + b"whiteout"] = b""
+        parent = new[id(parents[id(node)])]
+        parent.xattrs[ESCAPED + b"whiteouts"] = b""
+        parent.xattrs[USER_OVERLAY + b"whiteouts"] = b""
+        if version >= 1:
+            parent.xattrs[ESCAPED + b"opaque"] = b"x"
+            parent.xattrs[USER_OVERLAY + b"opaque"] = b"x"
+
+    top = new[id(root)]
+    top.xattrs[OVERLAY + b"opaque"] = b"y"
+    assert top.children is not None
+    selinux = top.xattrs.get(b"security.selinux")
+    for i in range(256):
+        name = b"%02x" % i
+        if name not in top.children:
+            top.children[name] = Node(
+                mode=stat.S_IFCHR | 0o644,
+                uid=top.uid,
+                gid=top.gid,
+                mtime=top.mtime,
+                mtime_nsec=top.mtime_nsec,
+                xattrs={} if selinux is None else {b"security.selinux": selinux},
+            )
+    n_objects = len({bytes(d or b"") for _, d, size in ingested if size})
+    return top, version, n_objects, sum(size for _, _, size in ingested)
+
+
+def header(version: int, tree: Node) -> bytes:
+    acl = any(
+        k in (b"system.posix_acl_access", b"system.posix_acl_default")
+        for _, n in fstree.walk(tree)
+        for k in n.xattrs
+    )
+    return _HEADER.pack(MAGIC, HEADER_VERSION, FLAG_HAS_ACL if acl else 0, version)
+
+
+def write(
+    root: Node,
+    out: BinaryIO,
+    *,
+    digest_store: Path | None = None,
+    use_epoch: bool = False,
+    min_version: int = DEFAULT_MIN_VERSION,
+    max_version: int = DEFAULT_MAX_VERSION,
+    threads: int | None = None,
+) -> Result:
+    """Write the composefs image of ``root`` to ``out`` (objects to ``digest_store`` when given)."""
+    tree, version, n_objects, object_bytes = prepare_tree(
+        root,
+        digest_store=digest_store,
+        use_epoch=use_epoch,
+        min_version=min_version,
+        max_version=max_version,
+        threads=threads,
+    )
+    info = erofs.write_image(tree, out, header=header(version, tree), metadata_only=True)
+    return Result(info.digest.hex(), info.size, info.inodes, version, n_objects, object_bytes)
+
+
+def build(source: Path, image: Path, *, digest_store: Path | None = None, **options: object) -> Result:
+    """``mkcomposefs SOURCE IMAGE``: SOURCE is a directory or a tarball; IMAGE is written atomically."""
+    tree = load_source(source)
+    with atomic_path(image) as tmp, open(tmp, "wb") as f:
+        return write(tree, f, digest_store=digest_store, **options)  # type: ignore[arg-type]
+
+
+def stage(ctx: BuildContext) -> None:
+    """Stage 2: ``<arch>/rootfs.tar`` → ``<arch>/rootfs.cfs`` + ``<arch>/objects/`` (both or neither)."""
+    arch_dir = ctx.arch_dir
+    tarball = arch_dir / "rootfs.tar"
+    if not tarball.is_file():
+        raise BuildError(f"{tarball} is missing: run the rootfs stage first")
+    image, objects = arch_dir / "rootfs.cfs", arch_dir / "objects"
+    ctx.report("reading rootfs.tar")
+    tree = fstree.from_tar(tarball)
+    ctx.report("hashing files and filling the object store")
+    with atomic_path(image) as tmp_image, atomic_path(objects, directory=True) as tmp_objects:
+        os.chmod(tmp_objects, 0o755)
+        with open(tmp_image, "wb") as f:
+            result = write(tree, f, digest_store=tmp_objects)
+    artifact = ctx.add_artifact(
+        image,
+        COMPOSEFS_IMAGE,
+        with_fsverity=True,
+        annotations={
+            ANNOTATION_COMPOSEFS: result.digest,
+            ANNOTATION_ARCH: ctx.arch.value,
+            "dev.diskci.composefs.format-version": str(result.format_version),
+            "dev.diskci.composefs.objects": str(result.objects),
+        },
+    )
+    if artifact.fsverity != result.digest:
+        raise BuildError(f"{image}: fs-verity digest changed after writing ({artifact.fsverity})")
+    ctx.record.composefs_digest = result.digest
+    ctx.report(f"composefs digest {result.digest}, {result.objects} objects")

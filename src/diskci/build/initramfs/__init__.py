@@ -1,0 +1,1 @@
+"""diskci's own netboot initramfs: the busybox init (``init.sh``, ``udhcpc.sh``) and its builder."""

@@ -1,0 +1,99 @@
+"""``diskci build``: run the image pipeline for a platform spec and write build.json."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import typer
+
+from diskci.build.pipeline import STAGE_NAMES, run_build
+from diskci.cli.output import print_json, stdout
+from diskci.errors import UsageError
+from diskci.spec import load_spec
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/diskci``, else ``/var/cache/diskci`` for root, else ``~/.cache/diskci``."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "diskci"
+    if os.geteuid() == 0:
+        return Path("/var/cache/diskci")
+    return Path.home() / ".cache" / "diskci"
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Accept repeated flags and comma-separated lists alike."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def build(
+    spec: Path = typer.Argument(..., help="Platform spec (platforms/<name>.yaml)."),
+    arch: list[str] | None = typer.Option(
+        None, "--arch", "-a", help="Architecture to build (repeatable; default: all of the spec's)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Build directory (default: ./out/<platform>)."),
+    cache: Path | None = typer.Option(
+        None, "--cache", help="Cache directory (default: $XDG_CACHE_HOME/diskci, /var/cache/diskci as root)."
+    ),
+    source_date_epoch: int | None = typer.Option(
+        None,
+        "--source-date-epoch",
+        min=0,
+        help="Reproducible timestamp (default: $SOURCE_DATE_EPOCH, the spec's, its git commit time).",
+    ),
+    stages: list[str] | None = typer.Option(
+        None,
+        "--stages",
+        help=f"Stages to run, with what they need (comma-separated): {', '.join(STAGE_NAMES)}.",
+    ),
+    formats: list[str] | None = typer.Option(
+        None, "--formats", help="Artifact families to produce (stage names; combined with --stages)."
+    ),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="Rebuild even when cached (refreshes the cache)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print build.json to stdout when done."),
+) -> None:
+    """Build a platform's images: Stage 1 root filesystem (mmdebstrap), then the stages after it.
+
+    Writes DIR/<arch>/rootfs.tar, packages.json, sbom.spdx.json, the later stages' artifacts and
+    DIR/build.json (see docs/build-json.md). Needs root for mmdebstrap.
+
+    Example: [bold]sudo diskci build platforms/debian-12-amd64.yaml --stages rootfs[/]
+    """
+    chosen = _split(stages) + [f for f in _split(formats) if f not in _split(stages)]
+    unknown = [s for s in chosen if s not in STAGE_NAMES]
+    if unknown:
+        raise UsageError(f"unknown stage/format(s): {', '.join(unknown)}; known: {', '.join(STAGE_NAMES)}")
+    platform = load_spec(spec).name
+    out_dir = out if out is not None else Path("out") / platform
+    started = time.monotonic()
+    manifest = run_build(
+        spec,
+        _split(arch) or None,
+        out_dir,
+        cache if cache is not None else default_cache_dir(),
+        source_date_epoch,
+        chosen or None,
+        use_cache=not no_cache,
+    )
+    elapsed = time.monotonic() - started
+    if json_out:
+        print_json(manifest)
+        return
+    stdout.print(
+        f"[bold]{manifest.platform}[/] {manifest.version} built in {elapsed:.1f}s → {out_dir}/build.json"
+    )
+    for name, ab in manifest.architectures.items():
+        for stage, info in ab.cache.items():
+            state = "cache hit" if info.get("hit") else "built"
+            stdout.print(f"  {name} {stage}: {state} (key {str(info.get('key', ''))[:16]})")
+        for art in ab.artifacts:
+            stdout.print(f"  {art.path}  {art.size:>12,d} B  sha256:{art.sha256[:16]}…")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)

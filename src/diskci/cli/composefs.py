@@ -1,0 +1,66 @@
+"""``diskci composefs``: build composefs images (mkcomposefs 1.0.x compatible) from a directory or tarball."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+
+from diskci.build import composefs
+from diskci.cli.output import print_json, stdout
+
+composefs_app = typer.Typer(
+    help="composefs images: metadata-only EROFS + object store.", no_args_is_help=True
+)
+
+
+@composefs_app.command("build")
+def build(
+    source: Path = typer.Argument(
+        ..., help="A directory, or an uncompressed tarball (read without extracting)."
+    ),
+    image: Path = typer.Argument(..., help="The composefs image to write."),
+    digest_store: Path | None = typer.Option(
+        None, "--digest-store", help="Copy each file larger than 64 bytes to PATH/XX/<rest of digest>."
+    ),
+    print_digest: bool = typer.Option(False, "--print-digest", help="Print the image's fs-verity digest."),
+    use_epoch: bool = typer.Option(False, "--use-epoch", help="Make every mtime zero."),
+    min_version: int | None = typer.Option(
+        None, "--min-version", min=0, max=composefs.VERSION_MAX, help="Lowest format version (default 0)."
+    ),
+    max_version: int | None = typer.Option(
+        None, "--max-version", min=0, max=composefs.VERSION_MAX, help="Highest format version (default 1)."
+    ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Hashing threads (default: CPUs)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result (digest, size, objects) as JSON."),
+) -> None:
+    """Write IMAGE from SOURCE with mkcomposefs' semantics; the same inputs give the same bytes.
+
+    Like mkcomposefs, giving either version flag makes the other default to 0.
+
+    Example: [bold]diskci composefs build rootfs.tar rootfs.cfs --digest-store objects --print-digest[/]
+    """
+    if min_version is None and max_version is None:
+        lo, hi = composefs.DEFAULT_MIN_VERSION, composefs.DEFAULT_MAX_VERSION
+    else:
+        lo, hi = min_version or 0, max_version or 0
+    result = composefs.build(
+        source,
+        image,
+        digest_store=digest_store,
+        use_epoch=use_epoch,
+        min_version=lo,
+        max_version=hi,
+        threads=threads,
+    )
+    if json_out:
+        print_json(dataclasses.asdict(result) | {"image": str(image)})
+    elif print_digest:
+        print(result.digest, flush=True)
+    else:
+        stdout.print(f"{image}: {result.size} bytes, {result.inodes} inodes, {result.objects} objects")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(composefs_app, name="composefs")

@@ -1,0 +1,262 @@
+"""``diskci platform``: run the control plane (serve, worker, migrate), manage API tokens, and call any
+action in-process against the database (``diskci platform <action> --data '{...}'``)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from diskci.cli.output import print_json, stdout
+from diskci.errors import UsageError
+from diskci.platform.actions.registry import ActionSpec, invoke, load_all
+from diskci.platform.db.models import Role
+
+platform_app = typer.Typer(
+    help="The control plane: serve the API and netboot, run queue workers, and call every operator action.",
+    no_args_is_help=True,
+)
+token_app = typer.Typer(help="API bearer tokens (admin, operator, viewer).", no_args_is_help=True)
+platform_app.add_typer(token_app, name="token")
+
+StateDirOption = typer.Option(None, "--state-dir", help="State directory (default: $DISKCI_STATE_DIR).")
+DatabaseOption = typer.Option(None, "--database-url", help="Database URL (default: $DISKCI_DATABASE_URL).")
+
+
+def _environment(state_dir: Path | None, database_url: str | None, **more: str | None) -> None:
+    """Put command-line overrides where every component (the queue module too) reads them."""
+    if state_dir is not None:
+        os.environ["DISKCI_STATE_DIR"] = str(state_dir)
+    if database_url is not None:
+        os.environ["DISKCI_DATABASE_URL"] = database_url
+    for key, value in more.items():
+        if value is not None:
+            os.environ[f"DISKCI_{key.upper()}"] = value
+
+
+def _database() -> Any:
+    from diskci.platform.db.session import configure
+    from diskci.platform.settings import PlatformSettings
+
+    settings = PlatformSettings()
+    database = configure(settings.database_url)
+    database.upgrade()
+    return settings, database
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@platform_app.command("serve")
+def serve(
+    host: str = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", help="Port (default 8480)."),
+    state_dir: Path = StateDirOption,
+    database_url: str = DatabaseOption,
+    consumer: bool = typer.Option(
+        None, "--consumer/--no-consumer", help="Run queue consumer threads in-process (default: on SQLite)."
+    ),
+) -> None:
+    """Serve the API, the webhook receiver and netboot with uvicorn; on a SQLite queue also consume it.
+
+    Example: [bold]diskci platform serve --port 8480[/]
+    """
+    import uvicorn
+
+    _environment(state_dir, database_url, bind_host=host, bind_port=str(port) if port else None)
+    from diskci.platform.http.app import create_app
+    from diskci.platform.settings import PlatformSettings
+
+    settings = PlatformSettings()
+    app = create_app(settings)
+    from diskci.platform import tasks
+
+    run_consumer = consumer if consumer is not None else settings.queue_url.startswith("sqlite")
+    worker = None
+    if run_consumer:
+        worker = tasks.huey.create_consumer(
+            workers=settings.queue_workers, worker_type="thread", periodic=True
+        )
+        worker.start()
+    stdout.print(
+        f"diskci platform on http://{settings.bind_host}:{settings.bind_port} (state {settings.state_dir})"
+    )
+    try:
+        uvicorn.run(app, host=settings.bind_host, port=settings.bind_port, log_level="info")
+    finally:
+        if worker is not None:
+            worker.stop(graceful=True)
+
+
+@platform_app.command("worker")
+def worker(
+    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Consumer workers in this process."),
+    processes: bool = typer.Option(False, "--processes", help="Workers are processes, not threads."),
+    state_dir: Path = StateDirOption,
+    database_url: str = DatabaseOption,
+    queue_url: str = typer.Option(None, "--queue-url", help="Queue URL (default: $DISKCI_QUEUE_URL)."),
+) -> None:
+    """Consume the task queue (publication processing, retention) until interrupted; use with Redis.
+
+    Example: [bold]DISKCI_QUEUE_URL=redis://127.0.0.1:6379/0 diskci platform worker -w 4[/]
+    """
+    _environment(state_dir, database_url, queue_url=queue_url)
+    _database()
+    from diskci.platform import tasks
+
+    consumer = tasks.huey.create_consumer(
+        workers=workers, worker_type="process" if processes else "thread", periodic=True
+    )
+    consumer.run()
+
+
+@platform_app.command("migrate")
+def migrate(
+    state_dir: Path = StateDirOption,
+    database_url: str = DatabaseOption,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Upgrade the database schema to the newest revision (``serve`` and ``worker`` do this too).
+
+    Example: [bold]diskci platform migrate --database-url postgresql://diskci@db/diskci[/]
+    """
+    _environment(state_dir, database_url)
+    settings, database = _database()
+    result = {"database": database.backend, "url": _redacted(settings.database_url), "schema": "head"}
+    if json_out:
+        print_json(result)
+    else:
+        stdout.print(f"{result['url']}: schema at head")
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@token_app.command("create")
+def token_create(
+    name: str = typer.Argument(..., help="A name for the token (who or what uses it)."),
+    role: Role = typer.Option(Role.VIEWER, "--role", help="admin, operator or viewer."),
+    state_dir: Path = StateDirOption,
+    database_url: str = DatabaseOption,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Create an API bearer token; it is printed once.
+
+    Example: [bold]diskci platform token create ops-alice --role operator[/]
+    """
+    _run_action(
+        "system_create_api_token", {"name": name, "role": role.value}, json_out, state_dir, database_url
+    )
+
+
+@token_app.command("list")
+def token_list(
+    state_dir: Path = StateDirOption,
+    database_url: str = DatabaseOption,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """List API tokens (never the tokens themselves).
+
+    Example: [bold]diskci platform token list --json[/]
+    """
+    _run_action("system_list_api_tokens", {}, json_out, state_dir, database_url)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    name: str = typer.Argument(..., help="The token's name."),
+    state_dir: Path = StateDirOption,
+    database_url: str = DatabaseOption,
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Revoke an API token; it stops working at once.
+
+    Example: [bold]diskci platform token revoke ops-alice[/]
+    """
+    _run_action("system_revoke_api_token", {"name": name}, json_out, state_dir, database_url)
+
+
+def _run_action(
+    name: str, data: dict[str, Any], json_out: bool, state_dir: Path | None, database_url: str | None
+) -> None:
+    _environment(state_dir, database_url)
+    settings, database = _database()
+    result = invoke(name, data, database=database, settings=settings, actor=_actor(), role=Role.ADMIN)
+    if json_out:
+        print_json(result)
+    else:
+        stdout.print_json(result.model_dump_json(by_alias=True))
+
+
+def parse_action_input(data: str | None, assignments: list[str]) -> dict[str, Any]:
+    """The action input from ``--data`` (JSON text, ``@file`` or ``-`` for stdin) and ``--set k=v``."""
+    values: dict[str, Any] = {}
+    if data:
+        if data == "-":
+            text = sys.stdin.read()
+        elif data.startswith("@"):
+            text = Path(data[1:]).read_text()
+        else:
+            text = data
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--data is not JSON: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise UsageError("--data must be a JSON object")
+        values.update(loaded)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            values[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw
+    return values
+
+
+def _action_command(spec: ActionSpec) -> Callable[..., None]:
+    def command(
+        data: str = typer.Option(None, "--data", "-d", help="Input as JSON, @file.json, or - for stdin."),
+        assignments: list[str] = typer.Option(
+            [], "--set", "-s", help="FIELD=VALUE (VALUE parsed as JSON when it is JSON); repeatable."
+        ),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        yes: bool = typer.Option(False, "--yes", help="Confirm a destructive action."),
+        state_dir: Path = StateDirOption,
+        database_url: str = DatabaseOption,
+    ) -> None:
+        if spec.destructive and not yes:
+            raise UsageError(f"{spec.name} is destructive: add --yes to confirm")
+        _run_action(spec.name, parse_action_input(data, assignments), json_out, state_dir, database_url)
+
+    fields = ", ".join(spec.input_model.model_fields) or "none"
+    text, _, example = spec.description.partition("Example:")
+    example = " ".join(example.split()) or "{}"
+    command.__doc__ = (
+        f"{text.strip()}\n\nInput fields: {fields}. Role: {spec.role.value}."
+        + (" Destructive: needs --yes." if spec.destructive else "")
+        + f"\n\nExample: [bold]diskci platform {spec.name} --data '{example}'[/]"
+    )
+    command.__name__ = spec.name
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    for spec in load_all().values():
+        platform_app.command(spec.name, help=None)(_action_command(spec))
+    app.add_typer(platform_app, name="platform")

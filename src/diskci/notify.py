@@ -1,0 +1,132 @@
+"""``diskci notify``: tell the platform a publication exists, with an HMAC-signed webhook POST.
+
+Public API: ``DiskImageBuilt`` (the payload, documented in ``docs/webhook-payload.schema.json``),
+``sign_body(secret, body)``, ``send_notification(url, secret, payload) -> Delivery``.
+
+Headers: ``X-DiskCI-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``,
+``X-DiskCI-Delivery: <uuid4>`` (the same on every retry of one delivery, so the receiver can drop
+duplicates) and ``X-DiskCI-Timestamp: <unix seconds>``. 5xx answers and connection errors are retried
+with exponential back-off; a 4xx answer fails at once with the server's message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from diskci.errors import NotifyError
+from diskci.registry.mediatypes import WEBHOOK_SCHEMA
+
+log = logging.getLogger("diskci.notify")
+SIGNATURE_HEADER = "X-DiskCI-Signature-256"
+DELIVERY_HEADER = "X-DiskCI-Delivery"
+TIMESTAMP_HEADER = "X-DiskCI-Timestamp"
+
+
+class SourceRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str = Field(description="source repository URL")
+    ref: str = Field(description="git ref built, e.g. refs/tags/v0.3.0")
+    commit: str = Field(description="commit id built")
+
+
+class DiskImageBuilt(BaseModel):
+    """The ``disk_image_built`` webhook payload."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"$id": WEBHOOK_SCHEMA})
+
+    node_platform: str = Field(description="node platform name, e.g. debian-12")
+    version: str = Field(description="the published version (the index tag)")
+    reference: str = Field(description="where the publication is: host/repo:tag or oci-layout:PATH:tag")
+    manifest_digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="digest of the OCI index")
+    source: SourceRef
+    run_id: str = Field(description="CI run that built it")
+    critical: bool = Field(default=False, description="a security-critical update")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    delivery_id: str
+    status: int
+    attempts: int
+    response: str
+
+
+def sign_body(secret: bytes, body: bytes) -> str:
+    """The ``X-DiskCI-Signature-256`` header value for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def _server_message(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text.strip()[:500] or resp.reason_phrase
+    if isinstance(data, dict):
+        for key in ("detail", "message", "error"):
+            if key in data:
+                return str(data[key])
+    return json.dumps(data)[:500]
+
+
+def send_notification(
+    url: str,
+    secret: bytes,
+    payload: DiskImageBuilt,
+    *,
+    attempts: int = 5,
+    backoff: float = 1.0,
+    timeout: float = 10.0,
+    transport: httpx.BaseTransport | None = None,
+) -> Delivery:
+    """POST ``payload`` to ``url``; retries 5xx and connection errors, raises ``NotifyError`` otherwise."""
+    if not secret:
+        raise NotifyError("the webhook secret is empty")
+    body = payload.model_dump_json().encode()
+    delivery_id = str(uuid.uuid4())
+    last = ""
+    with httpx.Client(timeout=timeout, transport=transport) as client:
+        for attempt in range(1, attempts + 1):
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: sign_body(secret, body),
+                DELIVERY_HEADER: delivery_id,
+                TIMESTAMP_HEADER: str(int(time.time())),
+                "User-Agent": "diskci-notify",
+            }
+            try:
+                resp = client.post(url, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                last = f"cannot reach {url}: {exc}"
+            else:
+                if resp.status_code < 300:
+                    log.info("webhook delivered (%s, HTTP %d)", delivery_id, resp.status_code)
+                    return Delivery(delivery_id, resp.status_code, attempt, resp.text[:2000])
+                if 400 <= resp.status_code < 500:
+                    raise NotifyError(
+                        f"{url} refused the notification (HTTP {resp.status_code}): {_server_message(resp)}"
+                    )
+                last = f"{url} answered HTTP {resp.status_code}: {_server_message(resp)}"
+            if attempt < attempts:
+                delay = backoff * 2 ** (attempt - 1)
+                log.warning(
+                    "webhook attempt %d/%d failed (%s); retrying in %.1fs", attempt, attempts, last, delay
+                )
+                time.sleep(delay)
+    raise NotifyError(f"webhook not delivered after {attempts} attempts: {last}")
+
+
+def payload_schema() -> dict[str, object]:
+    """The JSON schema of the payload (what ``docs/webhook-payload.schema.json`` holds)."""
+    schema = DiskImageBuilt.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

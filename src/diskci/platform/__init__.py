@@ -1,0 +1,1 @@
+"""The control plane: database, actions, HTTP API, publication processing, netboot, retention."""

@@ -1,0 +1,1 @@
+"""Every operator action, defined once; HTTP, CLI and MCP are adapters generated from the registry."""

@@ -1,0 +1,174 @@
+"""Node instances (machines known by MAC address) and the instance-wide statistics."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field, field_validator
+from sqlalchemy import func, select
+
+from diskci.errors import Conflict
+from diskci.platform.actions.events import record_event
+from diskci.platform.actions.platforms import get_platform
+from diskci.platform.actions.registry import ActionContext, ActionModel, Empty, action
+from diskci.platform.db.models import (
+    DiskImagePublication,
+    DiskImageWebhook,
+    Event,
+    NodeInstance,
+    NodePlatform,
+    Role,
+    Task,
+)
+
+_MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
+
+
+def normalize_mac(mac: str) -> str:
+    """``52-54-00-AB-CD-EF``, ``525400abcdef`` → ``52:54:00:ab:cd:ef``."""
+    value = mac.strip().lower()
+    if not _MAC.match(value):
+        raise ValueError(f"{mac!r} is not a MAC address")
+    digits = re.sub(r"[:-]", "", value)
+    return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
+
+
+class MacAddressInUse(Conflict):
+    pass
+
+
+class NodeInstanceOut(ActionModel):
+    id: int
+    hostname: str
+    platform: str
+    mac_addresses: list[str]
+    provider: str
+    provider_id: str | None
+    modules: list[str]
+    status: str
+    last_report: dict[str, Any] | None
+    last_seen: datetime | None
+
+    @classmethod
+    def of(cls, node: NodeInstance) -> NodeInstanceOut:
+        return cls(
+            id=node.id,
+            hostname=node.hostname,
+            platform=node.platform.name,
+            mac_addresses=list(node.mac_addresses),
+            provider=node.provider,
+            provider_id=node.provider_id,
+            modules=list(node.modules),
+            status=node.status,
+            last_report=node.last_report,
+            last_seen=node.last_seen,
+        )
+
+
+class RegisterNodeInstanceInput(ActionModel):
+    hostname: str = Field(min_length=1, max_length=255)
+    platform: str
+    mac_addresses: list[str] = Field(min_length=1)
+    provider: str = "local"
+    provider_id: str | None = None
+    modules: list[str] = Field(default_factory=list)
+
+    @field_validator("mac_addresses")
+    @classmethod
+    def _macs(cls, value: list[str]) -> list[str]:
+        return sorted({normalize_mac(m) for m in value})
+
+
+@action("system_register_node_instance", RegisterNodeInstanceInput, NodeInstanceOut, Role.OPERATOR)
+def system_register_node_instance(ctx: ActionContext, data: RegisterNodeInstanceInput) -> NodeInstanceOut:
+    """Register a machine of a platform by its MAC addresses, so /ipxe?mac=... knows what to boot.
+
+    Example: {"hostname": "node-1", "platform": "debian-12-amd64", "mac_addresses": ["52:54:00:12:34:56"]}
+    """
+    platform = get_platform(ctx.session, data.platform)
+    for node in ctx.session.scalars(select(NodeInstance)):
+        taken = set(node.mac_addresses) & set(data.mac_addresses)
+        if taken:
+            raise MacAddressInUse(f"MAC address {sorted(taken)[0]} already belongs to node {node.hostname!r}")
+    node = NodeInstance(
+        hostname=data.hostname,
+        platform=platform,
+        mac_addresses=data.mac_addresses,
+        provider=data.provider,
+        provider_id=data.provider_id,
+        modules=data.modules,
+        created_at=ctx.now,
+    )
+    ctx.session.add(node)
+    ctx.session.flush()
+    record_event(
+        ctx.session,
+        "node_instance_registered",
+        platform=platform,
+        subject=node.hostname,
+        payload={"actor": ctx.actor, "mac_addresses": node.mac_addresses},
+    )
+    return NodeInstanceOut.of(node)
+
+
+class ListNodeInstancesInput(ActionModel):
+    platform: str | None = None
+    status: str | None = None
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class ListNodeInstancesOutput(ActionModel):
+    instances: list[NodeInstanceOut]
+
+
+@action(
+    "system_list_node_instances", ListNodeInstancesInput, ListNodeInstancesOutput, Role.VIEWER, read_only=True
+)
+def system_list_node_instances(ctx: ActionContext, data: ListNodeInstancesInput) -> ListNodeInstancesOutput:
+    """List node instances, optionally of one platform or status.
+
+    Example: {"platform": "debian-12-amd64", "status": "booted"}
+    """
+    query = select(NodeInstance).order_by(NodeInstance.hostname, NodeInstance.id)
+    if data.platform:
+        query = query.where(NodeInstance.platform_id == get_platform(ctx.session, data.platform).id)
+    if data.status:
+        query = query.where(NodeInstance.status == data.status)
+    rows = ctx.session.scalars(query.limit(data.limit).offset(data.offset)).unique()
+    return ListNodeInstancesOutput(instances=[NodeInstanceOut.of(n) for n in rows])
+
+
+class InstanceStats(ActionModel):
+    node_platforms: int
+    node_instances: dict[str, int] = Field(description="Node instances by status.")
+    publications: dict[str, int] = Field(description="Disk image publications by status.")
+    webhooks: int
+    tasks: dict[str, int] = Field(description="Tasks by status.")
+    events: int
+    last_event_at: datetime | None
+
+
+def _counts(ctx: ActionContext, column: Any) -> dict[str, int]:
+    rows = ctx.session.execute(select(column, func.count()).group_by(column)).all()
+    return {str(value): int(count) for value, count in rows}
+
+
+@action("system_get_instance_stats", Empty, InstanceStats, Role.VIEWER, read_only=True)
+def system_get_instance_stats(ctx: ActionContext, data: Empty) -> InstanceStats:
+    """Counts for this platform instance: platforms, nodes, publications, tasks and events.
+
+    Example: {}
+    """
+    s = ctx.session
+    return InstanceStats(
+        node_platforms=s.scalar(select(func.count()).select_from(NodePlatform)) or 0,
+        node_instances=_counts(ctx, NodeInstance.status),
+        publications=_counts(ctx, DiskImagePublication.status),
+        webhooks=s.scalar(select(func.count()).select_from(DiskImageWebhook)) or 0,
+        tasks=_counts(ctx, Task.status),
+        events=s.scalar(select(func.count()).select_from(Event)) or 0,
+        last_event_at=s.scalar(select(func.max(Event.created_at))),
+    )

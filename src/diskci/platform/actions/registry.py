@@ -1,0 +1,201 @@
+"""The action registry: every operator operation once, as (pydantic input, function, pydantic output).
+
+An action is a plain function ``def f(ctx: ActionContext, data: Input) -> Output`` registered with
+``@action(name, Input, Output, role)``. The HTTP API, the CLI and the MCP server are generated from
+this registry and run actions only through ``invoke()``, which validates the input, checks the
+caller's role and runs the function in one unit of work (commit once, or roll back).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from sqlalchemy.orm import Session
+
+from diskci.errors import Forbidden, InvalidRequest
+from diskci.platform.db.models import Role, utcnow
+from diskci.platform.db.session import Database
+from diskci.platform.secrets import SecretBox
+from diskci.platform.settings import PlatformSettings
+
+# The modules whose import registers the actions (kept in the order of ``diskci platform --help``).
+ACTION_MODULES = (
+    "diskci.platform.actions.platforms",
+    "diskci.platform.actions.instances",
+    "diskci.platform.actions.webhooks",
+    "diskci.platform.actions.publications",
+    "diskci.platform.actions.retention",
+    "diskci.platform.actions.events",
+    "diskci.platform.actions.tokens",
+)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# A time in an action's input: a naive time is taken as UTC.
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+
+class ActionModel(BaseModel):
+    """Base of every action input and output: unknown fields are an error, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Empty(ActionModel):
+    """The input of an action that takes none."""
+
+
+@dataclass
+class ActionContext:
+    """What an action may use: the open session, the settings, who is calling, and the clock."""
+
+    session: Session
+    settings: PlatformSettings
+    actor: str
+    role: Role
+    database: Database | None = None
+    now: datetime = field(default_factory=utcnow)
+
+    @cached_property
+    def box(self) -> SecretBox:
+        return SecretBox(key=self.settings.resolve_secret_key())
+
+
+In = TypeVar("In", bound=BaseModel)
+Out = TypeVar("Out", bound=BaseModel)
+ActionFunc = Callable[[ActionContext, Any], BaseModel]
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    name: str
+    input_model: type[BaseModel]
+    output_model: type[BaseModel]
+    role: Role
+    destructive: bool
+    func: ActionFunc
+    summary: str
+    description: str
+    read_only: bool
+
+
+_REGISTRY: dict[str, ActionSpec] = {}
+
+
+class DuplicateAction(Exception):
+    pass
+
+
+def action(
+    name: str,
+    input_model: type[In],
+    output_model: type[Out],
+    role: Role,
+    *,
+    destructive: bool = False,
+    read_only: bool = False,
+) -> Callable[[Callable[[ActionContext, In], Out]], Callable[[ActionContext, In], Out]]:
+    """Register ``func`` as the action ``name``; its docstring is the help text (first line: summary)."""
+
+    def decorate(func: Callable[[ActionContext, In], Out]) -> Callable[[ActionContext, In], Out]:
+        if name in _REGISTRY and _REGISTRY[name].func is not func:
+            raise DuplicateAction(f"action {name!r} is registered twice")
+        doc = inspect.cleandoc(func.__doc__ or name)
+        summary = doc.partition("\n")[0]
+        _REGISTRY[name] = ActionSpec(
+            name=name,
+            input_model=input_model,
+            output_model=output_model,
+            role=role,
+            destructive=destructive,
+            func=func,
+            summary=summary.strip(),
+            description=doc,
+            read_only=read_only,
+        )
+        return func
+
+    return decorate
+
+
+def load_all() -> Mapping[str, ActionSpec]:
+    """Every registered action, by name (imports the action modules on first use)."""
+    for module in ACTION_MODULES:
+        importlib.import_module(module)
+    return dict(_REGISTRY)
+
+
+def get_action(name: str) -> ActionSpec:
+    actions = load_all()
+    if name not in actions:
+        raise UnknownAction(f"no action named {name!r}")
+    return actions[name]
+
+
+class UnknownAction(InvalidRequest):
+    http_status = 404
+
+
+def validation_detail(exc: ValidationError) -> str:
+    """A pydantic validation error as one line per problem: ``field.path: what was wrong``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_input(spec: ActionSpec, data: BaseModel | Mapping[str, Any] | None) -> BaseModel:
+    if isinstance(data, spec.input_model):
+        return data
+    raw = data.model_dump() if isinstance(data, BaseModel) else dict(data or {})
+    try:
+        return spec.input_model.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid input for {spec.name}: {validation_detail(exc)}") from exc
+
+
+def check_role(spec: ActionSpec, role: Role) -> None:
+    if not role.allows(spec.role):
+        raise Forbidden(f"{spec.name} needs the {spec.role.value} role; this token has {role.value}")
+
+
+@contextmanager
+def _scope(database: Database, spec: ActionSpec) -> Iterator[Session]:
+    ctx = database.read_session() if spec.read_only else database.session()
+    with ctx as session:
+        yield session
+
+
+def invoke(
+    name: str,
+    data: BaseModel | Mapping[str, Any] | None,
+    *,
+    database: Database,
+    settings: PlatformSettings,
+    actor: str,
+    role: Role,
+) -> BaseModel:
+    """Run one action as ``actor`` with ``role``: validate, authorize, run, commit once."""
+    spec = get_action(name)
+    check_role(spec, role)
+    payload = parse_input(spec, data)
+    with _scope(database, spec) as session:
+        ctx = ActionContext(session=session, settings=settings, actor=actor, role=role, database=database)
+        result = spec.func(ctx, payload)
+        if not isinstance(result, spec.output_model):
+            raise TypeError(
+                f"action {name} returned {type(result).__name__}, not {spec.output_model.__name__}"
+            )
+        return result

@@ -1,0 +1,291 @@
+"""The control plane's tables as SQLAlchemy 2 typed models.
+
+The Alembic revisions in ``migrations/versions`` create exactly these tables (a unit test compares them
+with Alembic's autogenerate). Times are stored in UTC and always come back timezone-aware, on SQLite
+as on PostgreSQL (``UTCDateTime``). Status and role values are plain strings, named by the ``StrEnum``
+classes below so that every module spells them the same way.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC (the only kind of time stored)."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and returned timezone-aware, whatever the database keeps.
+
+    SQLite has no time zones: the value is stored as naive UTC there and given its zone back on read.
+    A naive datetime handed in is refused rather than guessed at.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: diskci stores only timezone-aware times")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# Stable constraint names, so that migrations on SQLite (batch mode) and PostgreSQL agree.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class PublicationStatus(StrEnum):
+    PROCESSING = "processing"
+    PUBLISHED = "published"
+    FAILED = "failed"
+    PRUNED = "pruned"
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class Role(StrEnum):
+    """API roles, each including the ones after it: admin > operator > viewer."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+    @property
+    def rank(self) -> int:
+        return {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}[self]
+
+    def allows(self, required: Role) -> bool:
+        return self.rank >= required.rank
+
+
+class NodePlatform(Base):
+    """A kind of node (``debian-12-amd64``): where its images live, who may sign them, what is default."""
+
+    __tablename__ = "node_platforms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    architectures: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Full reference prefix: ``127.0.0.1:5000/ops/disk-images/debian-12-amd64`` or ``oci-layout:/path``.
+    registry_repository: Mapped[str] = mapped_column(String(1024))
+    cosign_identity_regexp: Mapped[str] = mapped_column(Text)
+    cosign_oidc_issuer: Mapped[str] = mapped_column(String(1024))
+    # The sigstore trusted root (JSON text) verification uses; None: the embedded authority's root.
+    trusted_root: Mapped[str | None] = mapped_column(Text, default=None)
+    default_publication_id: Mapped[int | None] = mapped_column(
+        ForeignKey("disk_image_publications.id", use_alter=True, ondelete="SET NULL"), default=None
+    )
+    retention_routine_days: Mapped[int] = mapped_column(Integer, default=90)
+    retention_critical_days: Mapped[int] = mapped_column(Integer, default=365)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    default_publication: Mapped[DiskImagePublication | None] = relationship(
+        foreign_keys=[default_publication_id], post_update=True
+    )
+
+
+class NodeInstance(Base):
+    """One machine of a platform, known by its MAC addresses; netboot reports update it."""
+
+    __tablename__ = "node_instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    # Lower-case, colon-separated (``52:54:00:12:34:56``).
+    mac_addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
+    platform_id: Mapped[int] = mapped_column(ForeignKey("node_platforms.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(64), default="local")
+    provider_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    modules: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(32), default="registered")
+    last_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    last_seen: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    platform: Mapped[NodePlatform] = relationship(lazy="joined")
+
+
+class DiskImageWebhook(Base):
+    """The HMAC secret a platform's CI signs ``disk_image_built`` deliveries with (encrypted at rest).
+
+    After a rotation the previous secret stays valid until ``previous_valid_until``.
+    """
+
+    __tablename__ = "disk_image_webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform_id: Mapped[int] = mapped_column(ForeignKey("node_platforms.id", ondelete="CASCADE"), unique=True)
+    url: Mapped[str] = mapped_column(String(1024))
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    secret_fingerprint: Mapped[str] = mapped_column(String(128))
+    previous_secret_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
+    previous_valid_until: Mapped[datetime | None] = mapped_column(default=None)
+    rotated_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    platform: Mapped[NodePlatform] = relationship(lazy="joined")
+
+
+class DiskImagePublication(Base):
+    """One published (or failed, or pruned) image index of a platform, as verified by the processor.
+
+    ``artifacts`` maps each architecture to its verified files::
+
+        {"amd64": {"manifest_digest": "sha256:..", "composefs_digest": "<fs-verity hex>",
+                   "artifacts": [{"name": "rootfs.erofs", "media_type": "..", "size": 1,
+                                  "sha256": "<hex>", "fsverity": "<hex>|null", "digest": "sha256:.."}]}}
+    """
+
+    __tablename__ = "disk_image_publications"
+    __table_args__ = (
+        UniqueConstraint("platform_id", "manifest_digest"),
+        Index("ix_disk_image_publications_platform_status_created", "platform_id", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    platform_id: Mapped[int] = mapped_column(ForeignKey("node_platforms.id", ondelete="CASCADE"))
+    version: Mapped[str] = mapped_column(String(128))
+    reference: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default=PublicationStatus.PROCESSING.value)
+    failure_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    failure_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    manifest_digest: Mapped[str] = mapped_column(String(128))
+    composefs_digest: Mapped[str | None] = mapped_column(String(128), default=None)
+    artifacts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    signer_identity: Mapped[str | None] = mapped_column(String(1024), default=None)
+    signer_issuer: Mapped[str | None] = mapped_column(String(1024), default=None)
+    signed_at: Mapped[datetime | None] = mapped_column(default=None)
+    critical: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    delivery_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    pruned_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    platform: Mapped[NodePlatform] = relationship(foreign_keys=[platform_id], lazy="joined")
+
+
+class WebhookDelivery(Base):
+    """Every accepted webhook delivery, by its id: a delivery id is never accepted twice."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(64), unique=True)
+    platform_id: Mapped[int | None] = mapped_column(
+        ForeignKey("node_platforms.id", ondelete="SET NULL"), default=None, index=True
+    )
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    task_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    publication_id: Mapped[int | None] = mapped_column(
+        ForeignKey("disk_image_publications.id", ondelete="SET NULL"), default=None
+    )
+
+
+class Event(Base):
+    """Something that happened, for the recent-events view (``disk_image_published``, ...)."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_type_created", "type", "created_at"),
+        Index("ix_events_platform_created", "platform_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    platform_id: Mapped[int | None] = mapped_column(
+        ForeignKey("node_platforms.id", ondelete="SET NULL"), default=None
+    )
+    subject: Mapped[str | None] = mapped_column(String(255), default=None)
+    reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    platform: Mapped[NodePlatform | None] = relationship(lazy="joined")
+
+
+class Task(Base):
+    """A unit of queued work (``task_id`` is the queue's id), for status queries."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default=TaskStatus.QUEUED.value)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ApiToken(Base):
+    """A bearer token for the API; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)

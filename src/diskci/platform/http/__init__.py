@@ -1,0 +1,1 @@
+"""The FastAPI application: action routes, the webhook receiver, health, netboot."""

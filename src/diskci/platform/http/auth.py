@@ -1,0 +1,56 @@
+"""Bearer-token authentication for the API: who is calling, and with which role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from diskci.errors import Unauthorized
+from diskci.platform.actions.tokens import authenticate
+from diskci.platform.db.models import Role, utcnow
+from diskci.platform.db.session import Database
+
+# last_used_at is a write; do it at most this often per token.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+bearer_scheme = HTTPBearer(auto_error=False, description="An API token from `diskci platform token create`.")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role
+
+
+class MissingToken(Unauthorized):
+    pass
+
+
+def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The caller of an API route, from ``Authorization: Bearer <token>``."""
+    if credentials is None or not credentials.credentials:
+        raise MissingToken("missing bearer token: send Authorization: Bearer <token>")
+    database: Database = request.app.state.database
+    with database.read_session() as session:
+        row = authenticate(session, credentials.credentials)
+        principal = Principal(name=row.name, role=Role(row.role))
+        stale = row.last_used_at is None or utcnow() - row.last_used_at > LAST_USED_RESOLUTION
+        token_id = row.id
+    if stale:
+        from diskci.platform.db.models import ApiToken
+
+        with database.session() as session:
+            token = session.get(ApiToken, token_id)
+            if token is not None:
+                token.last_used_at = utcnow()
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]

@@ -1,0 +1,196 @@
+"""Netboot routes: iPXE scripts, verified artifact downloads (Range, ETag) and boot reports.
+
+``GET /boot.ipxe`` → ``GET /ipxe?mac=..&uuid=..&arch=..`` → ``GET /netboot/{publication}/{arch}/{name}``
+→ the initramfs posts progress to ``POST /api/v1/netboot/report``. URLs in the scripts are built from
+the URL the machine used to reach the platform (it is reachable from there by construction).
+Only published, unpruned publications are served; bytes come from the blob cache, where they were
+stored only after their digests were checked.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+
+from diskci.errors import InvalidRequest, NotFound
+from diskci.platform.db.session import Database, get_database
+from diskci.platform.services.blobcache import BlobCache
+from diskci.platform.services.netboot import (
+    BootRequest,
+    BootTarget,
+    NetbootService,
+    NotReady,
+    boot_chain_script,
+    boot_script,
+    parse_boot_request,
+    retry_script,
+)
+from diskci.platform.settings import PlatformSettings
+
+IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
+MAX_REPORT_BYTES = 64 * 1024
+_DOWNLOAD_CHUNK = 1 << 20
+
+router = APIRouter(tags=["netboot"])
+
+
+class _State:
+    """What the routes share, taken from ``app.state`` when the app provides it."""
+
+    def __init__(self, request: Request) -> None:
+        state = request.app.state
+        self.settings: PlatformSettings = getattr(state, "settings", None) or _default_settings()
+        self.database: Database = getattr(state, "database", None) or get_database()
+        service = getattr(state, "netboot", None)
+        if service is None:
+            service = NetbootService(cache_seconds=getattr(state, "netboot_cache_seconds", 1.0))
+            state.netboot = service
+        self.netboot: NetbootService = service
+        blobs = getattr(state, "blobs", None)
+        if blobs is None:
+            blobs = BlobCache(self.settings.blob_dir)
+            state.blobs = blobs
+        self.blobs: BlobCache = blobs
+
+
+_settings_cache: list[PlatformSettings] = []
+
+
+def _default_settings() -> PlatformSettings:
+    if not _settings_cache:
+        _settings_cache.append(PlatformSettings())
+    return _settings_cache[0]
+
+
+StateDep = Annotated[_State, Depends(_State)]
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+class _VerifiedFile(FileResponse):
+    chunk_size = _DOWNLOAD_CHUNK
+
+
+@router.get("/boot.ipxe", response_class=PlainTextResponse, summary="iPXE entry script")
+async def boot_ipxe(request: Request) -> Response:
+    """The script every machine's iPXE fetches first: it chains to this machine's own script."""
+    return Response(boot_chain_script(_base_url(request)), media_type=IPXE_MEDIA_TYPE)
+
+
+@router.get("/ipxe", response_class=PlainTextResponse, summary="iPXE script for one machine")
+async def ipxe(
+    request: Request,
+    state: StateDep,
+    mac: Annotated[str | None, Query(description="MAC address, iPXE's ${mac:hexhyp}")] = None,
+    uuid: Annotated[str | None, Query(description="SMBIOS UUID, iPXE's ${uuid}")] = None,
+    arch: Annotated[str | None, Query(description="iPXE's ${buildarch}: x86_64, i386 or arm64")] = None,
+    platform: Annotated[
+        str | None, Query(description="boot this NodePlatform (no NodeInstance needed)")
+    ] = None,
+) -> Response:
+    """Boot the default publication of the machine's platform, or print why not and retry."""
+    try:
+        boot = parse_boot_request(mac, uuid, platform, arch)
+    except InvalidRequest as exc:
+        return Response(
+            f"#!ipxe\necho diskci: bad request: {exc.message}\nshell\n",
+            status_code=400,
+            media_type=IPXE_MEDIA_TYPE,
+        )
+    target = await _resolve(state, boot)
+    base = _base_url(request)
+    if isinstance(target, NotReady):
+        return Response(retry_script(target.why, base, boot), media_type=IPXE_MEDIA_TYPE)
+    return Response(boot_script(target, base, boot), media_type=IPXE_MEDIA_TYPE)
+
+
+async def _resolve(state: _State, boot: BootRequest) -> BootTarget | NotReady:
+    cached = state.netboot.cached(boot)
+    if cached is not None:
+        return cached
+
+    def lookup() -> BootTarget | NotReady:
+        with state.database.read_session() as s:
+            return state.netboot.resolve(s, boot)
+
+    return await run_in_threadpool(lookup)
+
+
+@router.api_route(
+    "/netboot/{publication}/{arch}/{artifact}", methods=["GET", "HEAD"], summary="a verified boot artifact"
+)
+async def netboot_artifact(
+    request: Request, state: StateDep, publication: int, arch: str, artifact: str
+) -> Response:
+    """Stream one artifact of a published publication from the blob cache (Range and ETag honoured)."""
+
+    def lookup() -> dict[str, Any]:
+        with state.database.read_session() as s:
+            return state.netboot.servable_artifact(s, publication, arch, artifact)
+
+    try:
+        record = await run_in_threadpool(lookup)
+    except NotFound as exc:
+        return JSONResponse({"error": "NotFound", "detail": exc.message}, status_code=404)
+    digest = str(record["sha256"])
+    etag = f'"{digest}"'
+    path = state.blobs.path(digest)
+    if not path.is_file():
+        return JSONResponse(
+            {"error": "NotFound", "detail": f"blob sha256:{digest} is not in the blob cache"}, status_code=404
+        )
+    headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable"}
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and (
+        if_none_match.strip() == "*" or etag in [t.strip() for t in if_none_match.split(",")]
+    ):
+        return Response(status_code=304, headers=headers)
+    return _VerifiedFile(
+        path,
+        media_type="application/octet-stream",
+        headers=headers,
+    )
+
+
+@router.post("/api/v1/netboot/report", summary="boot progress from a node's initramfs")
+async def netboot_report(
+    request: Request,
+    state: StateDep,
+    mac: Annotated[str | None, Query()] = None,
+    publication: Annotated[int | None, Query()] = None,
+) -> Response:
+    """Record a boot progress report (``fetched``, ``verified``, ``switching_root``, ``booted``, errors)."""
+    raw = await request.body()
+    if len(raw) > MAX_REPORT_BYTES:
+        return JSONResponse(
+            {"error": "PayloadTooLarge", "detail": f"report over {MAX_REPORT_BYTES} bytes"}, status_code=413
+        )
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError:
+        return JSONResponse(
+            {"error": "InvalidRequest", "detail": "report: body is not JSON"}, status_code=400
+        )
+    if not isinstance(body, dict):
+        return JSONResponse(
+            {"error": "InvalidRequest", "detail": "report: expected a JSON object"}, status_code=400
+        )
+
+    def record() -> dict[str, Any]:
+        with state.database.session() as s:
+            node = state.netboot.record_report(s, body, mac=mac, publication=publication)
+            return {"node": node.hostname, "status": node.status}
+
+    try:
+        out = await run_in_threadpool(record)
+    except InvalidRequest as exc:
+        return JSONResponse({"error": "InvalidRequest", "detail": exc.message}, status_code=400)
+    except NotFound as exc:
+        return JSONResponse({"error": "NotFound", "detail": exc.message}, status_code=404)
+    return JSONResponse(out, status_code=202)

@@ -1,0 +1,371 @@
+"""DiskImageRetentionService: prune old publications from the registry, the blob cache and the listing.
+
+Rules, checked per NodePlatform (Harbor/ECR-style, with MAAS's "never the last images"):
+  1. only ``published`` publications are candidates;
+  2. never the platform's default publication;
+  3. never the platform's newest published publication;
+  4. a routine publication older than ``retention_routine_days`` is pruned, a critical one only when
+     older than ``retention_critical_days``.
+
+``preview()`` runs exactly the same selection and returns what ``sweep()`` would prune, deleting
+nothing. ``sweep()`` holds a database lock so two workers never prune at once (a session advisory lock
+on PostgreSQL, a lock row in ``tasks`` on SQLite), then for each publication deletes its referrers
+(signature bundles), its index and its per-arch manifests from the registry, and only then marks the
+row ``pruned`` (kept for audit) with a ``disk_image_publication_pruned`` event. A registry failure
+leaves the row as it was, with a ``disk_image_publication_prune_failed`` event, for the next run.
+Blob-cache entries no longer referenced by any unpruned publication are removed last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import delete, select, text, update
+from sqlalchemy.exc import IntegrityError
+
+from diskci.errors import Conflict, RegistryError
+from diskci.platform.db.models import (
+    DiskImagePublication,
+    Event,
+    NodePlatform,
+    PublicationStatus,
+    Task,
+    TaskStatus,
+)
+from diskci.platform.db.session import Database
+from diskci.platform.services.blobcache import BlobCache
+
+log = logging.getLogger(__name__)
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain Result)."""
+    return int(result.rowcount)
+
+
+LOCK_NAME = "disk_image_retention.lock"
+TASK_KIND = "disk_image_retention"
+_PG_LOCK_KEY = 0x64637274  # "dcrt"
+STALE_LOCK_AFTER = timedelta(hours=6)
+
+
+class RetentionLocked(Conflict):
+    """Another worker is pruning right now."""
+
+
+class PublicationDeleter(Protocol):
+    """Deletes one publication's OCI objects (index, per-arch manifests, referrers) from its registry."""
+
+    def __call__(self, reference: str, index_digest: str, manifest_digests: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    platform: str
+    platform_id: int
+    version: str
+    reference: str
+    manifest_digest: str
+    critical: bool
+    created_at: datetime
+    rule: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "platform": self.platform,
+            "version": self.version,
+            "reference": self.reference,
+            "manifest_digest": self.manifest_digest,
+            "critical": self.critical,
+            "created_at": self.created_at.isoformat(),
+            "rule": self.rule,
+        }
+
+
+@dataclass
+class SweepResult:
+    candidates: list[Candidate]
+    pruned: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "candidates": [c.as_dict() for c in self.candidates],
+            "pruned": self.pruned,
+            "failed": {str(k): v for k, v in self.failed.items()},
+            "blobs_removed": self.blobs_removed,
+            "bytes_freed": self.bytes_freed,
+        }
+
+
+def delete_publication(reference: str, index_digest: str, manifest_digests: list[str]) -> None:
+    """The registry half of pruning: referrers (and their fallback tag), the index, the arch manifests.
+
+    Deleting what is already gone is not an error, so a sweep interrupted half-way can run again.
+    """
+    from diskci.registry.client import fallback_tag, open_registry
+    from diskci.registry.reference import Reference
+
+    client = open_registry(Reference.parse(reference))
+    for referrer in client.referrers(index_digest):
+        client.delete_manifest(referrer.digest)
+    try:
+        fallback = client.resolve(fallback_tag(index_digest))
+    except RegistryError as exc:
+        if "not found" not in str(exc):
+            raise
+    else:
+        client.delete_manifest(fallback.digest)
+    client.delete_manifest(index_digest)
+    for digest in manifest_digests:
+        client.delete_manifest(digest)
+
+
+def _digests_of(artifacts: dict[str, Any] | None) -> Iterator[str]:
+    for entry in (artifacts or {}).values():
+        if not isinstance(entry, dict):
+            continue
+        for art in entry.get("artifacts", []):
+            if art.get("sha256"):
+                yield str(art["sha256"])
+        if entry.get("config_sha256"):
+            yield str(entry["config_sha256"])
+
+
+class DiskImageRetentionService:
+    """Selects and prunes expired publications (see the module docstring for the rules)."""
+
+    def __init__(
+        self,
+        *,
+        database: Database,
+        blobs: BlobCache,
+        deleter: PublicationDeleter,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        blob_min_age_seconds: float = 3600,
+    ) -> None:
+        self.database = database
+        self.blobs = blobs
+        self.deleter = deleter
+        self.clock = clock
+        self.blob_min_age_seconds = blob_min_age_seconds
+
+    # --- selection -------------------------------------------------------------------------------
+    def candidates(self, *, platform: str | None = None) -> list[Candidate]:
+        now = self.clock()
+        out: list[Candidate] = []
+        with self.database.read_session() as s:
+            q = select(
+                NodePlatform.id,
+                NodePlatform.name,
+                NodePlatform.default_publication_id,
+                NodePlatform.retention_routine_days,
+                NodePlatform.retention_critical_days,
+            )
+            if platform is not None:
+                q = q.where(NodePlatform.name == platform)
+            for pid, pname, default_id, routine_days, critical_days in s.execute(q.order_by(NodePlatform.id)):
+                newest = s.scalar(
+                    select(DiskImagePublication.id)
+                    .where(
+                        DiskImagePublication.platform_id == pid,
+                        DiskImagePublication.status == PublicationStatus.PUBLISHED.value,
+                    )
+                    .order_by(DiskImagePublication.created_at.desc(), DiskImagePublication.id.desc())
+                    .limit(1)
+                )
+                if newest is None:
+                    continue
+                keep = {newest} | ({default_id} if default_id is not None else set())
+                routine_cut = now - timedelta(days=routine_days)
+                critical_cut = now - timedelta(days=critical_days)
+                # The index on (platform_id, status, created_at) bounds the scan by the older cutoff.
+                rows = s.execute(
+                    select(
+                        DiskImagePublication.id,
+                        DiskImagePublication.version,
+                        DiskImagePublication.reference,
+                        DiskImagePublication.manifest_digest,
+                        DiskImagePublication.critical,
+                        DiskImagePublication.created_at,
+                    )
+                    .where(
+                        DiskImagePublication.platform_id == pid,
+                        DiskImagePublication.status == PublicationStatus.PUBLISHED.value,
+                        DiskImagePublication.created_at < max(routine_cut, critical_cut),
+                    )
+                    .order_by(DiskImagePublication.created_at, DiskImagePublication.id)
+                )
+                for pub_id, version, reference, digest, critical, created in rows:
+                    if pub_id in keep:
+                        continue
+                    if critical and created >= critical_cut:
+                        continue
+                    if not critical and created >= routine_cut:
+                        continue
+                    rule = (
+                        f"critical, older than {critical_days} days"
+                        if critical
+                        else f"routine, older than {routine_days} days"
+                    )
+                    out.append(
+                        Candidate(
+                            pub_id, pname, pid, version, reference, digest, bool(critical), created, rule
+                        )
+                    )
+        return out
+
+    def preview(self, *, platform: str | None = None) -> SweepResult:
+        """What a sweep would prune now; deletes nothing."""
+        return self._run(platform=platform, dry_run=True)
+
+    def sweep(self, *, platform: str | None = None) -> SweepResult:
+        """Prune every expired publication; raises RetentionLocked when another sweep is running."""
+        with self.lock():
+            return self._run(platform=platform, dry_run=False)
+
+    # --- pruning ---------------------------------------------------------------------------------
+    def _run(self, *, platform: str | None, dry_run: bool) -> SweepResult:
+        result = SweepResult(candidates=self.candidates(platform=platform), dry_run=dry_run)
+        for cand in result.candidates:
+            if dry_run:
+                continue
+            try:
+                self._prune_one(cand)
+            except RegistryError as exc:
+                log.warning("retention: %s %s not pruned: %s", cand.platform, cand.version, exc)
+                result.failed[cand.id] = str(exc)
+                with self.database.session() as s:
+                    s.add(
+                        Event(
+                            type="disk_image_publication_prune_failed",
+                            platform_id=cand.platform_id,
+                            subject=f"{cand.platform}:{cand.version}",
+                            reason="registry_error",
+                            payload={"publication_id": cand.id, "error": str(exc)[:2000]},
+                        )
+                    )
+            else:
+                result.pruned.append(cand.id)
+        referenced = self.referenced_blobs()
+        gc = self.blobs.collect_garbage(
+            referenced, dry_run=dry_run, min_age_seconds=self.blob_min_age_seconds
+        )
+        result.blobs_removed = len(gc.removed)
+        result.bytes_freed = gc.freed_bytes
+        return result
+
+    def _prune_one(self, cand: Candidate) -> None:
+        with self.database.read_session() as s:
+            artifacts = s.scalar(
+                select(DiskImagePublication.artifacts).where(DiskImagePublication.id == cand.id)
+            )
+        manifests = [
+            str(e["manifest_digest"])
+            for e in (artifacts or {}).values()
+            if isinstance(e, dict) and e.get("manifest_digest")
+        ]
+        self.deleter(cand.reference, cand.manifest_digest, manifests)
+        now = self.clock()
+        with self.database.session() as s:
+            changed = _rowcount(
+                s.execute(
+                    update(DiskImagePublication)
+                    .where(
+                        DiskImagePublication.id == cand.id,
+                        DiskImagePublication.status == PublicationStatus.PUBLISHED.value,
+                    )
+                    .values(status=PublicationStatus.PRUNED.value, pruned_at=now, updated_at=now)
+                )
+            )
+            if changed:
+                s.add(
+                    Event(
+                        type="disk_image_publication_pruned",
+                        platform_id=cand.platform_id,
+                        subject=f"{cand.platform}:{cand.version}",
+                        reason="retention",
+                        payload={**cand.as_dict(), "manifests": manifests},
+                    )
+                )
+
+    def referenced_blobs(self) -> set[str]:
+        """Every blob digest an unpruned publication still needs."""
+        out: set[str] = set()
+        with self.database.read_session() as s:
+            rows = s.execute(
+                select(DiskImagePublication.artifacts).where(
+                    DiskImagePublication.status != PublicationStatus.PRUNED.value
+                )
+            )
+            for (artifacts,) in rows:
+                out.update(_digests_of(artifacts))
+        return out
+
+    # --- the lock --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        if self.database.backend == "postgresql":
+            with self._pg_lock():
+                yield
+        else:
+            with self._row_lock():
+                yield
+
+    @contextlib.contextmanager
+    def _pg_lock(self) -> Iterator[None]:
+        # A session-level advisory lock on a dedicated connection: released when we unlock, or by the
+        # server when the connection (a killed worker) goes away.
+        with self.database.engine.connect() as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar()
+            conn.commit()
+            if not got:
+                raise RetentionLocked("another retention sweep holds the lock")
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_LOCK_KEY})
+                conn.commit()
+
+    @contextlib.contextmanager
+    def _row_lock(self) -> Iterator[None]:
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        now = self.clock()
+        try:
+            with self.database.session() as s:
+                s.execute(
+                    delete(Task).where(
+                        Task.task_id == LOCK_NAME, Task.started_at < datetime.now(UTC) - STALE_LOCK_AFTER
+                    )
+                )
+                s.add(
+                    Task(
+                        task_id=LOCK_NAME,
+                        kind=TASK_KIND,
+                        status=TaskStatus.RUNNING.value,
+                        payload={"holder": holder},
+                        started_at=datetime.now(UTC),
+                        created_at=now,
+                    )
+                )
+        except IntegrityError:
+            raise RetentionLocked("another retention sweep holds the lock") from None
+        try:
+            yield
+        finally:
+            with self.database.session() as s:
+                s.execute(delete(Task).where(Task.task_id == LOCK_NAME))

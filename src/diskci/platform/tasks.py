@@ -1,0 +1,171 @@
+"""The huey instance and the platform's queued work: publication processing and daily retention.
+
+The queue comes from ``PlatformSettings.queue_url``: ``sqlite:///PATH`` (the default, a SqliteHuey
+file in the state directory, consumed by threads inside ``diskci platform serve``) or
+``redis://HOST:PORT/DB`` (RedisHuey, consumed by ``diskci platform worker`` processes on any number
+of machines). The queue name defaults to ``diskci``; ``?queue=NAME`` on the URL picks another (tests
+use a unique one). Consumers run ``huey_consumer diskci.platform.tasks.huey`` or the CLI.
+
+A worker killed mid-task loses that task; the delivery is processed again when it is re-enqueued
+(``enqueue_publication`` with the same delivery id), and the processor makes that safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from huey import Huey, RedisHuey, SqliteHuey, crontab
+from huey.api import Task as HueyTask
+from sqlalchemy import select
+
+from diskci.errors import UsageError
+from diskci.platform.db.models import Task, TaskStatus
+from diskci.platform.db.session import Database, get_database
+from diskci.platform.settings import PlatformSettings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_NAME = "diskci"
+PUBLICATION_TASK_KIND = "disk_image_publication"
+PUBLICATION_RETRIES = 3
+PUBLICATION_RETRY_DELAY = 10
+
+
+def make_huey(settings: PlatformSettings) -> Huey:
+    """The huey instance for ``settings.queue_url`` (SQLite file or Redis)."""
+    parts = urlsplit(settings.queue_url)
+    query = parse_qs(parts.query)
+    name = query.get("queue", [DEFAULT_QUEUE_NAME])[0]
+    if parts.scheme in ("redis", "rediss"):
+        url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        return RedisHuey(name, url=url, utc=True)
+    if parts.scheme == "sqlite":
+        path = parts.path if parts.netloc == "" else f"/{parts.netloc}{parts.path}"
+        path = path[1:] if path.startswith("//") else path
+        if not path or path == "/":
+            raise UsageError(f"DISKCI_QUEUE_URL {settings.queue_url!r}: give a file, sqlite:////abs/queue.db")
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey(name, filename=path, utc=True)
+    raise UsageError(
+        f"DISKCI_QUEUE_URL {settings.queue_url!r}: unsupported queue (use sqlite:///PATH or redis://HOST:PORT/DB)"
+    )
+
+
+settings = PlatformSettings()
+huey = make_huey(settings)
+
+
+def _record_task(database: Database, task_id: str, kind: str, payload: dict[str, Any], **values: Any) -> None:
+    """Upsert the Task row that lets operators follow a queued job by its task_id."""
+    with database.session() as s:
+        row = s.scalar(select(Task).where(Task.task_id == task_id))
+        if row is None:
+            row = Task(task_id=task_id, kind=kind, payload=payload)
+            s.add(row)
+        for key, value in values.items():
+            setattr(row, key, value)
+
+
+def _processor() -> Any:
+    from diskci.platform.services.blobcache import BlobCache
+    from diskci.platform.services.publication_processor import AUTHORITY_DIR, DiskImagePublicationProcessor
+
+    return DiskImagePublicationProcessor(
+        database=get_database(),
+        blobs=BlobCache(settings.blob_dir),
+        authority_dir=settings.state_dir / AUTHORITY_DIR,
+    )
+
+
+@huey.task(retries=PUBLICATION_RETRIES, retry_delay=PUBLICATION_RETRY_DELAY, context=True)
+def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[str, Any]:
+    """Verify and record the publication a ``disk_image_built`` delivery announced."""
+    from diskci.platform.services.publication_processor import RetryLater
+
+    task_id = task.id if task is not None else f"local-{delivery_id}"
+    final = task is None or task.retries == 0
+    database = get_database()
+    _record_task(
+        database,
+        task_id,
+        PUBLICATION_TASK_KIND,
+        {"delivery_id": delivery_id},
+        status=TaskStatus.RUNNING.value,
+        started_at=datetime.now(UTC),
+        attempts=PUBLICATION_RETRIES - (task.retries if task is not None else 0) + 1,
+    )
+    try:
+        outcome = _processor().process(delivery_id, final_attempt=final)
+    except RetryLater as exc:
+        _record_task(
+            database, task_id, PUBLICATION_TASK_KIND, {}, status=TaskStatus.QUEUED.value, error=str(exc)
+        )
+        raise
+    except Exception as exc:
+        _record_task(
+            database,
+            task_id,
+            PUBLICATION_TASK_KIND,
+            {},
+            status=TaskStatus.FAILED.value,
+            error=str(exc)[:4000],
+            finished_at=datetime.now(UTC),
+        )
+        raise
+    result = outcome.as_dict()
+    _record_task(
+        database,
+        task_id,
+        PUBLICATION_TASK_KIND,
+        {},
+        status=TaskStatus.SUCCEEDED.value,
+        result=result,
+        finished_at=datetime.now(UTC),
+    )
+    return result
+
+
+def enqueue_publication(delivery_id: str) -> str:
+    """Queue the processing of a delivery; returns the task_id (the Task row appears when it runs)."""
+    queued = process_publication.s(delivery_id)
+    huey.enqueue(queued)
+    return str(queued.id)
+
+
+def retention_service() -> Any:
+    from diskci.platform.services.blobcache import BlobCache
+    from diskci.platform.services.retention import DiskImageRetentionService, delete_publication
+
+    return DiskImageRetentionService(
+        database=get_database(), blobs=BlobCache(settings.blob_dir), deleter=delete_publication
+    )
+
+
+@huey.periodic_task(crontab(minute=str(settings.retention_minute), hour=str(settings.retention_hour)))
+def retention_daily() -> dict[str, Any]:
+    """The daily retention sweep (skipped, not failed, when another worker is sweeping)."""
+    return run_retention()
+
+
+@huey.task()
+def retention_now() -> dict[str, Any]:
+    """A sweep on demand (tests, operators)."""
+    return run_retention()
+
+
+def run_retention() -> dict[str, Any]:
+    from diskci.platform.services.retention import RetentionLocked
+
+    try:
+        result = retention_service().sweep()
+    except RetentionLocked as exc:
+        log.info("retention: %s; skipped", exc)
+        return {"skipped": str(exc)}
+    summary: dict[str, Any] = result.as_dict()
+    log.info("retention: pruned %d, failed %d", len(result.pruned), len(result.failed))
+    return summary

@@ -1,0 +1,132 @@
+"""``diskci push``: publish a build directory to a registry or OCI layout.
+
+Public API: ``push_publication(build_dir, ref) -> PushResult``.
+
+Order: blobs (skipped when the registry has them: a re-run resumes), child manifests, the index
+(tagged with the version), then each sigstore bundle in ``signatures/`` as an OCI 1.1 referrer of the
+index (artifactType ``application/vnd.dev.sigstore.bundle.v0.3+json``, as cosign v3 stores them). All
+manifests are canonical JSON, so pushing the same build twice gives the same digests, and a referrer
+already listed is not listed again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diskci.errors import UsageError
+from diskci.registry import mediatypes as mt
+from diskci.registry.client import BlobSource, Descriptor, RegistryClient, canonical_json, open_registry
+from diskci.registry.publication import (
+    ANNOTATION_BUNDLE_CONTENT,
+    ANNOTATION_BUNDLE_PREDICATE,
+    Publication,
+    bundle_files,
+    bundle_statement,
+    plan_publication,
+    statement_subjects,
+)
+from diskci.registry.reference import Reference
+
+log = logging.getLogger("diskci.registry")
+EMPTY_JSON = b"{}"
+
+
+@dataclass
+class PushResult:
+    reference: str
+    digest: str
+    tag: str
+    blobs_sent: int = 0
+    blobs_skipped: int = 0
+    bytes_sent: int = 0
+    manifests: list[str] = field(default_factory=list)
+    referrers: list[str] = field(default_factory=list)
+
+
+def bundle_referrer(bundle: bytes, subject: Descriptor, predicate_type: str) -> tuple[bytes, Descriptor]:
+    """The referrer manifest carrying ``bundle`` for ``subject``, and the bundle's layer descriptor."""
+    layer = Descriptor.for_bytes(mt.SIGSTORE_BUNDLE_V03, bundle)
+    empty = Descriptor.for_bytes(mt.OCI_EMPTY, EMPTY_JSON)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "artifactType": mt.SIGSTORE_BUNDLE_V03,
+        "config": empty.to_json(),
+        "layers": [layer.to_json()],
+        "subject": Descriptor(subject.media_type, subject.digest, subject.size).to_json(),
+        "annotations": {
+            ANNOTATION_BUNDLE_CONTENT: "dsse-envelope",
+            ANNOTATION_BUNDLE_PREDICATE: predicate_type,
+        },
+    }
+    return canonical_json(manifest), layer
+
+
+def push_publication(
+    build_dir: Path,
+    ref: Reference | str,
+    *,
+    client: RegistryClient | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> PushResult:
+    """Push ``build_dir`` to ``ref`` (its tag defaults to the build's version)."""
+    ref = Reference.parse(ref) if isinstance(ref, str) else ref
+    pub = plan_publication(build_dir)
+    if ref.digest:
+        raise UsageError(f"{ref}: push to a tag, not a digest")
+    tag = ref.tag or pub.tag
+    client = client or open_registry(ref)
+    say = progress or (lambda _msg: None)
+    result = PushResult(reference=str(ref.with_tag(tag)), digest=pub.index_desc.digest, tag=tag)
+    bundles = _bundles_for(pub)
+
+    for i, blob in enumerate(pub.blobs, 1):
+        name = blob.desc.annotations.get(mt.ANNOTATION_TITLE, blob.desc.media_type)
+        say(f"blob {i}/{len(pub.blobs)} {name} ({blob.desc.size} bytes)")
+        if client.push_blob(blob.desc, blob.source):
+            result.blobs_sent += 1
+            result.bytes_sent += blob.desc.size
+        else:
+            result.blobs_skipped += 1
+    for desc, data in pub.manifests:
+        result.manifests.append(client.push_manifest(data, desc.media_type))
+    say(f"index {pub.index_desc.digest} → {tag}")
+    client.push_manifest(pub.index, mt.OCI_INDEX, tag=tag)
+
+    empty = Descriptor.for_bytes(mt.OCI_EMPTY, EMPTY_JSON)
+    client.push_blob(empty, BlobSource(data=EMPTY_JSON, size=len(EMPTY_JSON)))
+    for path, bundle, predicate_type in bundles:
+        manifest, layer = bundle_referrer(bundle, pub.index_desc, predicate_type)
+        if client.push_blob(layer, BlobSource(data=bundle, size=len(bundle))):
+            result.bytes_sent += layer.size
+        desc = client.add_referrer(manifest, pub.index_desc)
+        say(f"referrer {path.name} → {desc.digest}")
+        result.referrers.append(desc.digest)
+    log.info(
+        "pushed %s (%s): %d blobs sent, %d already present",
+        result.reference,
+        result.digest,
+        result.blobs_sent,
+        result.blobs_skipped,
+    )
+    return result
+
+
+def _bundles_for(pub: Publication) -> list[tuple[Path, bytes, str]]:
+    """Bundles in ``signatures/``, refusing any that sign another index (a stale signature)."""
+    out = []
+    for path in bundle_files(pub.build_dir):
+        data = path.read_bytes()
+        statement = bundle_statement(data)
+        subjects = statement_subjects(statement)
+        if pub.index_desc.digest not in subjects:
+            raise UsageError(
+                f"{path}: signs {', '.join(subjects) or 'nothing'}, not this publication's index "
+                f"{pub.index_desc.digest}",
+                hint=f"sign the build again: diskci sign {pub.build_dir} ...",
+            )
+        out.append((path, data, str(statement.get("predicateType", ""))))
+    return out

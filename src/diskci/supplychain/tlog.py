@@ -1,0 +1,273 @@
+"""The embedded transparency log: an append-only RFC 6962 Merkle tree persisted in one file.
+
+Each entry is one line ``{"index", "integratedTime", "body"}`` appended with ``O_APPEND`` and fsync
+under an exclusive ``flock``, so several processes (``authority serve`` workers, a CLI) may append to
+the same log. A crash mid-write leaves at most one partial last line; opening the log drops it (it was
+never acknowledged), so the log only ever grows by whole, acknowledged entries.
+
+For every entry the log gives what a Rekor v1 response gives and what sigstore-python checks: the leaf
+index, the integrated time, an inclusion proof against the tree right after the append, a signed
+checkpoint (signed note, https://github.com/transparency-dev/formats/blob/main/log/README.md) over that
+tree head, and a signed entry timestamp (SET) over the RFC 8785 form of
+``{body, integratedTime, logID, logIndex}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from diskci.errors import SupplyChainError
+
+_LEAF_PREFIX = b"\x00"
+_NODE_PREFIX = b"\x01"
+
+
+def key_id(key: ec.EllipticCurvePublicKey) -> bytes:
+    """RFC 6962 key ID: SHA-256 of the DER SubjectPublicKeyInfo."""
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return hashlib.sha256(_LEAF_PREFIX + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """The largest power of two smaller than ``n`` (n >= 2)."""
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return k
+
+
+def tree_hash(leaves: Sequence[bytes]) -> bytes:
+    """RFC 6962 §2.1 MTH over leaf hashes."""
+    n = len(leaves)
+    if n == 0:
+        return hashlib.sha256(b"").digest()
+    if n == 1:
+        return leaves[0]
+    k = _split(n)
+    return node_hash(tree_hash(leaves[:k]), tree_hash(leaves[k:]))
+
+
+def inclusion_path(index: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """RFC 6962 §2.1.1 PATH(m, D[n]) over leaf hashes, lowest level first."""
+    n = len(leaves)
+    if not 0 <= index < n:
+        raise SupplyChainError(f"transparency log: leaf {index} is not in a tree of size {n}")
+    if n == 1:
+        return []
+    k = _split(n)
+    if index < k:
+        return [*inclusion_path(index, leaves[:k]), tree_hash(leaves[k:])]
+    return [*inclusion_path(index - k, leaves[k:]), tree_hash(leaves[:k])]
+
+
+def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes:
+    """Recompute the root from a leaf hash and its PATH (RFC 9162 §2.1.3.2); used by tests and checks."""
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            raise SupplyChainError("inclusion proof is longer than the tree")
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise SupplyChainError("inclusion proof is shorter than the tree")
+    return r
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One logged entry with its proofs, in the shape of a bundle's ``TransparencyLogEntry``."""
+
+    log_index: int
+    log_id: bytes
+    integrated_time: int
+    body: bytes
+    kind: str
+    version: str
+    tree_size: int
+    root_hash: bytes
+    hashes: tuple[bytes, ...]
+    checkpoint: str
+    signed_entry_timestamp: bytes
+
+    def to_bundle_json(self) -> dict[str, Any]:
+        """The protobuf-specs JSON form of ``dev.sigstore.rekor.v1.TransparencyLogEntry``."""
+        b64 = base64.b64encode
+        return {
+            "logIndex": str(self.log_index),
+            "logId": {"keyId": b64(self.log_id).decode()},
+            "kindVersion": {"kind": self.kind, "version": self.version},
+            "integratedTime": str(self.integrated_time),
+            "inclusionPromise": {"signedEntryTimestamp": b64(self.signed_entry_timestamp).decode()},
+            "inclusionProof": {
+                "logIndex": str(self.log_index),
+                "rootHash": b64(self.root_hash).decode(),
+                "treeSize": str(self.tree_size),
+                "hashes": [b64(h).decode() for h in self.hashes],
+                "checkpoint": {"envelope": self.checkpoint},
+            },
+            "canonicalizedBody": b64(self.body).decode(),
+        }
+
+    @classmethod
+    def from_bundle_json(cls, data: dict[str, Any]) -> LogEntry:
+        d = base64.b64decode
+        proof = data["inclusionProof"]
+        return cls(
+            log_index=int(data["logIndex"]),
+            log_id=d(data["logId"]["keyId"]),
+            integrated_time=int(data["integratedTime"]),
+            body=d(data["canonicalizedBody"]),
+            kind=data["kindVersion"]["kind"],
+            version=data["kindVersion"]["version"],
+            tree_size=int(proof["treeSize"]),
+            root_hash=d(proof["rootHash"]),
+            hashes=tuple(d(h) for h in proof["hashes"]),
+            checkpoint=proof["checkpoint"]["envelope"],
+            signed_entry_timestamp=d(data["inclusionPromise"]["signedEntryTimestamp"]),
+        )
+
+
+class TransparencyLog:
+    """An append-only Merkle log in ``path`` (one JSON line per entry), signed with ``key``."""
+
+    def __init__(self, path: Path, key: ec.EllipticCurvePrivateKey, *, origin: str) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.origin = origin
+        self.log_id = key_id(key.public_key())
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(mode=0o600, exist_ok=True)
+
+    # --- storage -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[int]:
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)
+
+    def _read_records(self, fd: int) -> list[dict[str, Any]]:
+        """Whole records; a partial trailing line (a crash mid-append) is cut off the file."""
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        records: list[dict[str, Any]] = []
+        good = 0
+        for line in data.split(b"\n")[:-1] if data else []:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                break
+            if not isinstance(rec, dict) or rec.get("index") != len(records):
+                break
+            records.append(rec)
+            good += len(line) + 1
+        if good != len(data):
+            os.ftruncate(fd, good)
+            os.fsync(fd)
+        return records
+
+    def entries(self) -> list[dict[str, Any]]:
+        with self._locked() as fd:
+            return self._read_records(fd)
+
+    @property
+    def size(self) -> int:
+        return len(self.entries())
+
+    def root_hash(self) -> bytes:
+        records = self.entries()
+        return tree_hash([leaf_hash(base64.b64decode(r["body"])) for r in records])
+
+    # --- signing -------------------------------------------------------------------------------
+    def _sign(self, data: bytes) -> bytes:
+        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    def checkpoint(self, size: int, root: bytes) -> str:
+        """A signed note over the tree head (origin, size, root hash)."""
+        note = f"{self.origin}\n{size}\n{base64.b64encode(root).decode()}\n"
+        sig = base64.b64encode(self.log_id[:4] + self._sign(note.encode())).decode()
+        name = self.origin.split(" ")[0]
+        return f"{note}\n\u2014 {name} {sig}\n"
+
+    def signed_entry_timestamp(self, body: bytes, integrated_time: int, index: int) -> bytes:
+        payload: dict[str, Any] = {
+            "body": base64.b64encode(body).decode(),
+            "integratedTime": integrated_time,
+            "logID": self.log_id.hex(),
+            "logIndex": index,
+        }
+        return self._sign(rfc8785.dumps(payload))
+
+    # --- the public operations -----------------------------------------------------------------
+    def append(self, body: bytes, *, kind: str, version: str, integrated_time: int) -> LogEntry:
+        """Append ``body`` (the canonicalized entry) and return it with its proofs."""
+        with self._locked() as fd:
+            records = self._read_records(fd)
+            index = len(records)
+            rec = {"index": index, "integratedTime": integrated_time, "body": base64.b64encode(body).decode()}
+            line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+            if os.write(fd, line) != len(line):
+                raise SupplyChainError(f"{self.path}: short write appending log entry {index}")
+            os.fsync(fd)
+            leaves = [leaf_hash(base64.b64decode(r["body"])) for r in records] + [leaf_hash(body)]
+        return self._entry(index, leaves, body, integrated_time, kind, version)
+
+    def entry(self, index: int, *, kind: str = "dsse", version: str = "0.0.1") -> LogEntry:
+        """Entry ``index`` with an inclusion proof against the current tree."""
+        records = self.entries()
+        if not 0 <= index < len(records):
+            raise SupplyChainError(f"transparency log has no entry {index} (size {len(records)})")
+        leaves = [leaf_hash(base64.b64decode(r["body"])) for r in records]
+        rec = records[index]
+        return self._entry(index, leaves, base64.b64decode(rec["body"]), rec["integratedTime"], kind, version)
+
+    def _entry(
+        self, index: int, leaves: list[bytes], body: bytes, integrated_time: int, kind: str, version: str
+    ) -> LogEntry:
+        root = tree_hash(leaves)
+        return LogEntry(
+            log_index=index,
+            log_id=self.log_id,
+            integrated_time=integrated_time,
+            body=body,
+            kind=kind,
+            version=version,
+            tree_size=len(leaves),
+            root_hash=root,
+            hashes=tuple(inclusion_path(index, leaves)),
+            checkpoint=self.checkpoint(len(leaves), root),
+            signed_entry_timestamp=self.signed_entry_timestamp(body, integrated_time, index),
+        )

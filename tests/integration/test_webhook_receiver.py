@@ -1,0 +1,277 @@
+"""The ``disk_image_built`` receiver: HMAC, timestamp window, replay, size and schema checks.
+
+A bad delivery gets its status and a clear message, and creates nothing: no delivery row, no task,
+no event, nothing queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from diskci.platform.actions.registry import invoke
+from diskci.platform.db.models import DiskImageWebhook, Event, Role, Task, WebhookDelivery
+from diskci.platform.db.session import Database
+from diskci.platform.settings import PlatformSettings
+
+URL = "/api/v1/system/webhooks/disk_image_built"
+PLATFORM = "debian-12-amd64"
+
+
+def payload(**over: Any) -> dict[str, Any]:
+    return {
+        "node_platform": PLATFORM,
+        "version": "2026.11.26-1",
+        "reference": f"127.0.0.1:5000/ops/disk-images/{PLATFORM}:2026.11.26-1",
+        "manifest_digest": "sha256:" + "ab" * 32,
+        "source": {"repo": "ops/images", "ref": "refs/heads/main", "commit": "0123456789abcdef"},
+        "run_id": 42,
+        "critical": False,
+        **over,
+    }
+
+
+def headers(
+    secret: str, body: bytes, *, delivery: str | None = None, ts: int | None = None
+) -> dict[str, str]:
+    return {
+        "Content-Type": "application/json",
+        "X-DiskCI-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        "X-DiskCI-Delivery": delivery or str(uuid.uuid4()),
+        "X-DiskCI-Timestamp": str(ts if ts is not None else int(time.time())),
+    }
+
+
+@pytest.fixture
+def secret(platform_db: Database, platform_settings: PlatformSettings) -> str:
+    def call(action: str, /, **data: Any) -> Any:
+        return invoke(
+            action, data, database=platform_db, settings=platform_settings, actor="t", role=Role.ADMIN
+        )
+
+    call(
+        "system_create_node_platform",
+        name=PLATFORM,
+        architectures=["amd64"],
+        registry_repository=f"127.0.0.1:5000/ops/disk-images/{PLATFORM}",
+        cosign_identity_regexp=r"^https://ci\.example/.+$",
+        cosign_oidc_issuer="https://ci.example",
+    )
+    return str(call("provision_disk_image_webhook", platform=PLATFORM).secret)
+
+
+@pytest.fixture
+def nothing_created(platform_db: Database, enqueued: list[str]) -> Callable[[], None]:
+    """Asserts that no delivery, task or webhook event exists and nothing was queued."""
+
+    def check() -> None:
+        with platform_db.session() as s:
+            assert s.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
+            assert s.scalar(select(func.count()).select_from(Task)) == 0
+            assert s.scalar(select(func.count()).where(Event.type == "disk_image_webhook_received")) == 0
+        assert enqueued == []
+
+    return check
+
+
+def expect(response: Any, status: int, error: str, detail: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == error
+    assert detail in body["detail"]
+
+
+def test_good_delivery_is_accepted_and_queued(
+    platform_client: Any, secret: str, platform_db: Database, enqueued: list[str]
+) -> None:
+    body = json.dumps(payload()).encode()
+    delivery = str(uuid.uuid4())
+    r = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    assert r.status_code == 202, r.text
+    assert r.json() == {"delivery_id": delivery, "task_id": f"task-1-{delivery}"}
+    assert enqueued == [delivery]
+    with platform_db.session() as s:
+        row = s.scalar(select(WebhookDelivery))
+        assert row is not None and row.delivery_id == delivery and row.task_id == f"task-1-{delivery}"
+        assert row.payload["manifest_digest"] == "sha256:" + "ab" * 32
+        task = s.scalar(select(Task))
+        assert task is not None and task.status == "queued" and task.payload == {"delivery_id": delivery}
+        assert s.scalar(select(func.count()).where(Event.type == "disk_image_webhook_received")) == 1
+
+
+def test_forged_signature(platform_client: Any, secret: str, nothing_created: Callable[[], None]) -> None:
+    body = json.dumps(payload()).encode()
+    forged = headers("x" * 43, body)
+    expect(platform_client.post(URL, content=body, headers=forged), 401, "BadSignature", "does not match")
+    # The right secret over a different body does not verify either.
+    tampered = json.dumps(payload(critical=True)).encode()
+    h = headers(secret, body)
+    expect(platform_client.post(URL, content=tampered, headers=h), 401, "BadSignature", "does not match")
+    h["X-DiskCI-Signature-256"] = "md5=abc"
+    expect(platform_client.post(URL, content=body, headers=h), 401, "BadSignature", "sha256=<64")
+    del h["X-DiskCI-Signature-256"]
+    expect(platform_client.post(URL, content=body, headers=h), 401, "BadSignature", "missing")
+    nothing_created()
+
+
+@pytest.mark.parametrize(("offset", "word"), [(-301, "old"), (-3600, "old"), (301, "in the future")])
+def test_stale_or_future_timestamp(
+    platform_client: Any, secret: str, nothing_created: Callable[[], None], offset: int, word: str
+) -> None:
+    body = json.dumps(payload()).encode()
+    h = headers(secret, body, ts=int(time.time()) + offset)
+    expect(platform_client.post(URL, content=body, headers=h), 401, "StaleDelivery", word)
+    nothing_created()
+
+
+def test_malformed_headers(platform_client: Any, secret: str, nothing_created: Callable[[], None]) -> None:
+    body = json.dumps(payload()).encode()
+    h = headers(secret, body, delivery="not-a-uuid")
+    expect(platform_client.post(URL, content=body, headers=h), 400, "MalformedDelivery", "is not a UUID")
+    h = headers(secret, body)
+    h["X-DiskCI-Timestamp"] = "yesterday"
+    expect(platform_client.post(URL, content=body, headers=h), 400, "MalformedDelivery", "not a Unix time")
+    del h["X-DiskCI-Timestamp"]
+    expect(
+        platform_client.post(URL, content=body, headers=h),
+        400,
+        "MalformedDelivery",
+        "missing X-DiskCI-Timestamp",
+    )
+    nothing_created()
+
+
+def test_replayed_delivery_id(
+    platform_client: Any, secret: str, platform_db: Database, enqueued: list[str]
+) -> None:
+    body = json.dumps(payload()).encode()
+    h = headers(secret, body)
+    assert platform_client.post(URL, content=body, headers=h).status_code == 202
+    again = platform_client.post(URL, content=body, headers=h)
+    expect(again, 409, "ReplayedDelivery", "never accepted twice")
+    # Even a fresh signature and timestamp over a different body: the id is spent.
+    other = json.dumps(payload(version="2")).encode()
+    h2 = headers(secret, other, delivery=h["X-DiskCI-Delivery"])
+    expect(platform_client.post(URL, content=other, headers=h2), 409, "ReplayedDelivery", "already accepted")
+    assert len(enqueued) == 1
+    with platform_db.session() as s:
+        assert s.scalar(select(func.count()).select_from(WebhookDelivery)) == 1
+
+
+def test_oversized_body(platform_client: Any, secret: str, nothing_created: Callable[[], None]) -> None:
+    big = json.dumps(payload(version="v", padding="x" * (1024 * 1024))).encode()
+    expect(
+        platform_client.post(URL, content=big, headers=headers(secret, big)), 413, "BodyTooLarge", "1048576"
+    )
+
+    def chunks() -> Any:  # no Content-Length: the limit holds while streaming
+        for _ in range(17):
+            yield b"y" * 65536
+
+    r = platform_client.post(URL, content=chunks(), headers=headers(secret, b""))
+    expect(r, 413, "BodyTooLarge", "exceeds")
+    nothing_created()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "detail"),
+    [
+        (b"{not json", 400, "MalformedDelivery", "not JSON"),
+        (b"[1, 2]", 400, "MalformedDelivery", "JSON object"),
+        (b'{"version": "1"}', 400, "MalformedDelivery", "node_platform"),
+        (json.dumps(payload(node_platform="unknown")).encode(), 401, "BadSignature", "no webhook"),
+        (
+            json.dumps(payload(manifest_digest="sha256:xyz")).encode(),
+            400,
+            "MalformedDelivery",
+            "manifest_digest",
+        ),
+        (
+            json.dumps({k: v for k, v in payload().items() if k != "source"}).encode(),
+            400,
+            "MalformedDelivery",
+            "source: Field required",
+        ),
+        (
+            json.dumps(payload(source={"repo": "r", "ref": "m", "commit": "NOTHEX"})).encode(),
+            400,
+            "MalformedDelivery",
+            "source.commit",
+        ),
+        (json.dumps(payload(extra="field")).encode(), 400, "MalformedDelivery", "extra"),
+        (json.dumps(payload(critical="maybe")).encode(), 400, "MalformedDelivery", "critical"),
+    ],
+)
+def test_malformed_bodies(
+    platform_client: Any,
+    secret: str,
+    nothing_created: Callable[[], None],
+    body: bytes,
+    status: int,
+    error: str,
+    detail: str,
+) -> None:
+    expect(platform_client.post(URL, content=body, headers=headers(secret, body)), status, error, detail)
+    nothing_created()
+
+
+def test_previous_secret_valid_only_within_grace(
+    platform_client: Any, secret: str, platform_db: Database, platform_settings: PlatformSettings
+) -> None:
+    rotated = invoke(
+        "provision_disk_image_webhook",
+        {"platform": PLATFORM},
+        database=platform_db,
+        settings=platform_settings,
+        actor="t",
+        role=Role.ADMIN,
+    )
+    body = json.dumps(payload()).encode()
+    assert platform_client.post(URL, content=body, headers=headers(secret, body)).status_code == 202
+    assert platform_client.post(URL, content=body, headers=headers(rotated.secret, body)).status_code == 202
+    with platform_db.session() as s:
+        hook = s.scalar(select(DiskImageWebhook))
+        assert hook is not None
+        hook.previous_valid_until = datetime.now(UTC) - timedelta(seconds=1)
+    r = platform_client.post(URL, content=body, headers=headers(secret, body))
+    expect(r, 401, "BadSignature", "does not match")
+    assert platform_client.post(URL, content=body, headers=headers(rotated.secret, body)).status_code == 202
+
+
+def test_webhook_ignores_bearer_tokens(
+    platform_client: Any, secret: str, admin_headers: dict[str, str]
+) -> None:
+    body = json.dumps(payload()).encode()
+    r = platform_client.post(URL, content=body, headers={**admin_headers, "Content-Type": "application/json"})
+    expect(r, 401, "BadSignature", "missing X-DiskCI-Signature-256")
+
+
+def test_real_queue_receives_the_delivery(
+    platform_settings: PlatformSettings, platform_db: Database, secret: str
+) -> None:
+    """Without a test double: the delivery lands in the huey queue of ``diskci.platform.tasks``."""
+    from fastapi.testclient import TestClient
+
+    from diskci.platform import tasks
+    from diskci.platform.http.app import create_app
+
+    tasks.huey.flush()
+    app = create_app(platform_settings, database=platform_db, migrate=False)
+    body = json.dumps(payload()).encode()
+    with TestClient(app) as client:
+        r = client.post(URL, content=body, headers=headers(secret, body))
+    assert r.status_code == 202, r.text
+    pending = tasks.huey.pending()
+    assert len(pending) == 1
+    assert pending[0].id == r.json()["task_id"]
+    assert pending[0].args == (r.json()["delivery_id"],)
+    tasks.huey.flush()

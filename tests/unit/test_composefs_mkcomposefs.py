@@ -1,0 +1,100 @@
+"""Byte identity with the reference implementation: the same trees through ``mkcomposefs`` and diskci.
+
+mkcomposefs is packaged from Debian 13 on (``apt-get install composefs``); Debian 12 has none, so these
+tests skip there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from diskci.build import composefs, fstree
+
+MKCOMPOSEFS = shutil.which("mkcomposefs")
+pytestmark = pytest.mark.skipif(
+    MKCOMPOSEFS is None,
+    reason="mkcomposefs is not installed (Debian 13: apt-get install composefs; Debian 12 has no package)",
+)
+ROOT = os.geteuid() == 0
+
+
+def make_source(base: Path, *, whiteout: bool) -> Path:
+    src = base / "src"
+    (src / "etc" / "deep" / "er").mkdir(parents=True)
+    (src / "etc" / "small").write_bytes(b"tiny\n")
+    (src / "etc" / "edge64").write_bytes(b"6" * 64)
+    (src / "etc" / "edge65").write_bytes(b"7" * 65)
+    (src / "etc" / "big").write_bytes(os.urandom(300_000))
+    (src / "etc" / "dup").write_bytes((src / "etc" / "big").read_bytes())
+    (src / "etc" / "empty").write_bytes(b"")
+    (src / "etc" / "deep" / "er" / "f").write_bytes(os.urandom(5000))
+    os.symlink("small", src / "etc" / "link")
+    os.symlink("x" * 4000, src / "etc" / "longlink")
+    os.mkfifo(src / "fifo")
+    many = src / "many"
+    many.mkdir()
+    for i in range(700):
+        (many / f"file-{i:04d}-with-a-long-name").write_bytes(b"%d" % i)
+    with contextlib.suppress(OSError):
+        os.setxattr(src / "etc" / "small", "user.a", b"1")
+        os.setxattr(src / "etc" / "edge64", "user.a", b"1")
+        os.setxattr(src / "etc" / "big", "user.b", b"\0binary\xff")
+    if ROOT:
+        os.mknod(src / "null", 0o20666, os.makedev(1, 3))
+        os.mknod(src / "sda", 0o60660, os.makedev(8, 16))
+        os.setxattr(src / "etc", "trusted.overlay.opaque", b"y")
+        os.setxattr(src / "etc" / "big", "security.selinux", b"system_u:object_r:etc_t:s0")
+        os.chown(src / "etc" / "big", 70000, 70001)
+        if whiteout:
+            os.mknod(src / "etc" / "gone", 0o20000, os.makedev(0, 0))
+    os.utime(src / "etc" / "small", ns=(0, 1_600_000_000_987_654_321))
+    return src
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--use-epoch"],
+        ["--min-version", "1"],
+        ["--max-version", "0"],
+        ["--min-version", "1", "--max-version", "1"],
+    ],
+)
+@pytest.mark.parametrize("whiteout", [False, True])
+def test_identical_to_mkcomposefs(tmp_path: Path, flags: list[str], whiteout: bool) -> None:
+    if whiteout and not ROOT:
+        pytest.skip("a whiteout (char device 0/0) needs root to create")
+    src = make_source(tmp_path, whiteout=whiteout)
+    ref_store, our_store = tmp_path / "ref-objects", tmp_path / "our-objects"
+    ref = tmp_path / "ref.cfs"
+    assert MKCOMPOSEFS is not None
+    proc = subprocess.run(
+        [MKCOMPOSEFS, f"--digest-store={ref_store}", "--print-digest", *flags, str(src), str(ref)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    given = {flags[i]: int(flags[i + 1]) for i in range(len(flags)) if flags[i].endswith("version")}
+    lo, hi = (0, 1) if not given else (given.get("--min-version", 0), given.get("--max-version", 0))
+    ours = tmp_path / "ours.cfs"
+    with open(ours, "wb") as f:
+        result = composefs.write(
+            fstree.from_directory(src, hardlinks=False),
+            f,
+            digest_store=our_store,
+            use_epoch="--use-epoch" in flags,
+            min_version=lo,
+            max_version=hi,
+        )
+    assert ours.read_bytes() == ref.read_bytes()
+    assert result.digest == proc.stdout.strip()
+    ref_objects = sorted(p.relative_to(ref_store).as_posix() for p in ref_store.rglob("*") if p.is_file())
+    our_objects = sorted(p.relative_to(our_store).as_posix() for p in our_store.rglob("*") if p.is_file())
+    assert ref_objects == our_objects
