@@ -142,7 +142,15 @@ def small_spec(path: Path, arch: str, packages: list[str], **extra: object) -> P
 @pytest.mark.slow
 @pytest.mark.root
 def test_arm64_small_root_under_emulation(diskci: Runner, tmp_path: Path, source_date_epoch: int) -> None:
-    spec = small_spec(tmp_path / "arm64.yaml", "arm64", ["busybox-static"])
+    (tmp_path / "motd").write_text("diskci test node\n")
+    spec = small_spec(
+        tmp_path / "arm64.yaml",
+        "arm64",
+        ["busybox-static"],
+        files=[{"source": "motd", "dest": "/etc/diskci/motd", "mode": 0o600}],
+        # runs inside the root, through qemu-user
+        customize_hooks=["uname -m > /etc/diskci/hook-machine"],
+    )
     out = tmp_path / "out"
     proc, took = build_rootfs(diskci, spec, out, tmp_path / "cache", source_date_epoch)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -156,6 +164,10 @@ def test_arm64_small_root_under_emulation(diskci: Runner, tmp_path: Path, source
         busybox = tar.extractfile("./usr/bin/busybox")
         assert busybox is not None
         header = busybox.read(20)
+        motd = tar.getmember("./etc/diskci/motd")
+        assert motd.mode == 0o600
+        assert tar.extractfile(motd).read() == b"diskci test node\n"  # type: ignore[union-attr]
+        assert tar.extractfile("./etc/diskci/hook-machine").read() == b"aarch64\n"  # type: ignore[union-attr]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == EM_AARCH64
     print(f"arm64 small root under emulation: {took:.0f}s")
 

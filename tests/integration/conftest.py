@@ -1,4 +1,4 @@
-"""Integration fixtures: Debian's docker-registry (CNCF distribution 2.8) on 127.0.0.1, small signed builds."""
+"""Integration fixtures: Debian's docker-registry (distribution 2.8) on 127.0.0.1, small signed builds."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ from diskci.build.manifest import Artifact, BuildManifest
 from diskci.registry import mediatypes as mt
 from diskci.supplychain.authority import SigningAuthority
 
-IDENTITY = "https://git.example.com/ops/images/.gitea/workflows/build.yaml@refs/tags/v0.3.0"
-IDENTITY_REGEXP = r"https://git\.example\.com/ops/images/\.gitea/workflows/build\.yaml@refs/tags/v.*"
 ISSUER = "https://git.example.com"
 
 

@@ -453,3 +453,22 @@ def test_roles_are_enforced_and_failures_roll_back(
     with platform_db.session() as s:
         count = s.execute(text("SELECT count(*) FROM events WHERE type = 'node_platform_updated'")).scalar()
     assert count == 0
+
+
+def test_concurrent_creates_give_one_platform_and_conflicts(
+    platform_db: Database, platform_settings: PlatformSettings
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def create(_: int) -> str:
+        try:
+            platform(platform_db, platform_settings)
+        except Conflict as exc:
+            return type(exc).__name__
+        return "created"
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(create, range(4)))
+    assert outcomes.count("created") == 1
+    assert set(outcomes) - {"created"} <= {"PlatformExists", "ConcurrentChange"}
+    assert len(call(platform_db, platform_settings, "system_list_node_platforms").platforms) == 1

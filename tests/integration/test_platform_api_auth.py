@@ -134,3 +134,33 @@ def test_openapi_lists_every_action(platform_client: Any) -> None:
         assert op["security"] == [{"HTTPBearer": []}]
     webhook = doc["paths"]["/api/v1/system/webhooks/disk_image_built"]["post"]
     assert "security" not in webhook
+
+
+def test_api_document_lists_every_action_with_its_role() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "platform-api.md").read_text()
+    for name, spec in load_all().items():
+        assert f"| `{name}` | {spec.role.value} |" in doc, f"docs/platform-api.md does not list {name}"
+
+
+def test_unreachable_database_is_503(tmp_path: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from diskci.platform.db.session import Database, set_default
+    from diskci.platform.http.app import create_app
+    from diskci.platform.settings import PlatformSettings
+
+    platform_settings = PlatformSettings(state_dir=tmp_path, secret_key="k" * 40)  # type: ignore[arg-type]
+
+    down = Database("postgresql+psycopg://postgres@127.0.0.1:1/none?connect_timeout=2")
+    try:
+        app = create_app(platform_settings, database=down, enqueue=lambda d: d, migrate=False)
+        with TestClient(app) as client:
+            r = client.get("/healthz")
+            assert r.status_code == 503 and r.json()["error"] == "DatabaseUnavailable"
+            r = client.post("/api/v1/system_list_node_platforms", headers={"Authorization": "Bearer dci_x"})
+            assert r.status_code == 503 and r.json()["error"] == "DatabaseUnavailable"
+    finally:
+        set_default(None)  # create_app made it the process-wide database
+        down.dispose()

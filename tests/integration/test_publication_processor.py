@@ -208,8 +208,11 @@ def _publish_tampered(
     if hop == "registry_blob":  # the root image's bytes changed inside the registry's storage
         root = next(a for a in pub.build.architectures["amd64"].artifacts if a.name == "rootfs.img")
         _flip_byte(registry_server.blob_data(f"sha256:{root.sha256}"))
-    elif hop == "manifest":  # the amd64 artifact manifest's bytes changed inside the registry's storage
-        _flip_byte(registry_server.blob_data(pub.push.manifests[-1]))
+    elif hop == "manifest":  # the amd64 manifest edited in the registry's storage (still valid JSON)
+        stored = registry_server.blob_data(pub.push.manifests[-1])
+        manifest = json.loads(stored.read_bytes())
+        manifest["layers"][0]["size"] += 1
+        stored.write_bytes(json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode())
     elif hop == "retagged":  # the tag now points at another (also signed) index
         other = _build(tmp_path, version + "-other")
         moved = sign_and_push(other, authority, repository)

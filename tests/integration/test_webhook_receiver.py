@@ -34,7 +34,7 @@ def payload(**over: Any) -> dict[str, Any]:
         "reference": f"127.0.0.1:5000/ops/disk-images/{PLATFORM}:2026.11.26-1",
         "manifest_digest": "sha256:" + "ab" * 32,
         "source": {"repo": "ops/images", "ref": "refs/heads/main", "commit": "0123456789abcdef"},
-        "run_id": 42,
+        "run_id": "42",
         "critical": False,
         **over,
     }
@@ -202,10 +202,10 @@ def test_oversized_body(platform_client: Any, secret: str, nothing_created: Call
             "source: Field required",
         ),
         (
-            json.dumps(payload(source={"repo": "r", "ref": "m", "commit": "NOTHEX"})).encode(),
+            json.dumps(payload(source={"repo": "r", "commit": "abc"})).encode(),
             400,
             "MalformedDelivery",
-            "source.commit",
+            "source.ref: Field required",
         ),
         (json.dumps(payload(extra="field")).encode(), 400, "MalformedDelivery", "extra"),
         (json.dumps(payload(critical="maybe")).encode(), 400, "MalformedDelivery", "critical"),
@@ -275,3 +275,87 @@ def test_real_queue_receives_the_delivery(
     assert pending[0].id == r.json()["task_id"]
     assert pending[0].args == (r.json()["delivery_id"],)
     tasks.huey.flush()
+
+
+def test_concurrent_deliveries_with_one_id_are_accepted_once(
+    platform_app: Any, secret: str, platform_db: Database, enqueued: list[str]
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    body = json.dumps(payload()).encode()
+    h = headers(secret, body)
+
+    def post(_: int) -> int:
+        with TestClient(platform_app) as client:
+            return int(client.post(URL, content=body, headers=h).status_code)
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(post, range(4)))
+    assert codes == [202, 409, 409, 409]
+    assert enqueued == [h["X-DiskCI-Delivery"]]
+
+
+def test_diskci_notify_delivers_to_a_live_server(
+    platform_app: Any, secret: str, platform_db: Database, enqueued: list[str]
+) -> None:
+    """The sender (``diskci.notify``) and this receiver agree, over real HTTP."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from diskci.notify import DiskImageBuilt, send_notification
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(platform_app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        delivery = send_notification(
+            f"http://127.0.0.1:{port}{URL}", secret.encode(), DiskImageBuilt.model_validate(payload())
+        )
+        assert delivery.status == 202 and enqueued == [delivery.delivery_id]
+        from diskci.errors import NotifyError
+
+        with pytest.raises(NotifyError, match="HTTP 401"):
+            send_notification(
+                f"http://127.0.0.1:{port}{URL}", b"wrong-secret", DiskImageBuilt.model_validate(payload())
+            )
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_queue_failure_answers_503_and_the_retry_is_accepted(
+    platform_settings: PlatformSettings, platform_db: Database, secret: str
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from diskci.platform.http.app import create_app
+
+    calls: list[str] = []
+
+    def flaky(delivery_id: str) -> str:
+        calls.append(delivery_id)
+        if len(calls) == 1:
+            raise ConnectionError("redis down")
+        return "task-after-retry"
+
+    app = create_app(platform_settings, database=platform_db, enqueue=flaky, migrate=False)
+    body = json.dumps(payload()).encode()
+    h = headers(secret, body)
+    with TestClient(app) as client:
+        expect(client.post(URL, content=body, headers=h), 503, "QueueUnavailable", "redis down")
+        with platform_db.session() as s:
+            assert s.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
+        r = client.post(URL, content=body, headers=h)  # the sender retries with the same delivery id
+    assert r.status_code == 202 and r.json()["task_id"] == "task-after-retry"
+    assert calls == [h["X-DiskCI-Delivery"]] * 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
 from pathlib import Path
@@ -28,7 +29,9 @@ def test_wrong_key_purpose_or_tampering_fails() -> None:
         SecretBox(key=b"z" * 48).decrypt(token, purpose="disk_image_webhook:1")
     with pytest.raises(SecretDecryptionFailed):
         SecretBox(key=KEY).decrypt(token, purpose="disk_image_webhook:2")
-    flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    raw = bytearray(base64.urlsafe_b64decode(token.partition(".")[2]))
+    raw[20] ^= 1  # one bit of the ciphertext
+    flipped = "v1." + base64.urlsafe_b64encode(bytes(raw)).decode()
     with pytest.raises(SecretDecryptionFailed):
         SecretBox(key=KEY).decrypt(flipped, purpose="disk_image_webhook:1")
     with pytest.raises(SecretDecryptionFailed, match="unknown format"):

@@ -123,8 +123,17 @@ class Cache:
             return None
         return CacheEntry(key, path, meta)
 
-    def store(self, key: str, files: Mapping[str, Path], inputs: Mapping[str, Any]) -> CacheEntry:
-        """Store ``files`` (name → path) under ``key``; replaces an existing entry whole."""
+    def store(
+        self,
+        key: str,
+        files: Mapping[str, Path],
+        inputs: Mapping[str, Any],
+        sha256s: Mapping[str, str] | None = None,
+    ) -> CacheEntry:
+        """Store ``files`` (name → path) under ``key``; replaces an existing entry whole.
+
+        ``sha256s`` gives digests already computed (a large tarball is then not read twice).
+        """
         self._prune_stale_tmp()
         dest = self.entry_path(key)
         meta: dict[str, Any] = {
@@ -137,7 +146,8 @@ class Cache:
             with atomic_path(dest, directory=True) as tmp:
                 for name, src in files.items():
                     place(src, tmp / name)
-                    meta["files"][name] = {"size": src.stat().st_size, "sha256": sha256_file(tmp / name)}
+                    digest = (sha256s or {}).get(name) or sha256_file(tmp / name)
+                    meta["files"][name] = {"size": src.stat().st_size, "sha256": digest}
                 (tmp / META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         except OSError as exc:
             raise CacheError(f"cannot store the cache entry {dest}: {exc}") from exc

@@ -148,7 +148,9 @@ def _pad(n: int) -> bytes:
     return b"\0" * (-n % 4)
 
 
-def _header(name: str, ino: int, mode: int, nlink: int, mtime: int, size: int, rdev: tuple[int, int]) -> bytes:
+def _header(
+    name: str, ino: int, mode: int, nlink: int, mtime: int, size: int, rdev: tuple[int, int]
+) -> bytes:
     encoded = name.encode() + b"\0"
     fields = (ino, mode, 0, 0, nlink, mtime, size, 0, 0, rdev[0], rdev[1], len(encoded), 0)
     head = MAGIC + b"".join(b"%08X" % f for f in fields) + encoded

@@ -23,7 +23,7 @@ import stat
 import tarfile
 import urllib.parse
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from diskci.errors import FormatError
@@ -58,7 +58,14 @@ class DataRef:
             os.close(fd)
 
     def read(self) -> bytes:
-        return b"".join(self.chunks())
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.pread(fd, self.size, self.offset)
+        finally:
+            os.close(fd)
+        if len(data) != self.size:  # a short read: fall back to reading piecewise
+            data = b"".join(self.chunks())
+        return data
 
 
 @dataclass(eq=False)
@@ -223,10 +230,13 @@ def _node_from_stat(path: str, st: os.stat_result) -> Node:
     return node
 
 
-def from_directory(root: str | os.PathLike[str], *, hardlinks: bool = True) -> Node:
+def from_directory(
+    root: str | os.PathLike[str], *, hardlinks: bool = True, on_file: Callable[[Node], None] | None = None
+) -> Node:
     """The tree under ``root`` (not following symlinks); files with several names become one node.
 
     ``hardlinks=False`` reads every name as its own inode, as mkcomposefs does with a directory.
+    ``on_file`` is called with each new regular file node as soon as it is read.
     """
     top = os.fspath(root)
     st = os.lstat(top)
@@ -255,6 +265,8 @@ def from_directory(root: str | os.PathLike[str], *, hardlinks: bool = True) -> N
             dirnode.children[name] = node
             if node.is_dir:
                 stack.append((entry.path, node))
+            elif on_file is not None and node.is_reg:
+                on_file(node)
     return tree
 
 
@@ -343,7 +355,8 @@ class _TarBuilder:
             node = child
         return node
 
-    def add(self, m: tarfile.TarInfo, file_size: int) -> None:
+    def add(self, m: tarfile.TarInfo, file_size: int) -> Node | None:
+        """Add one entry; returns the new node (None for a hardlink)."""
         parts = _tar_path(m.name, "path", m.name)
         if parts in self.explicit:
             raise TreeFormatError(f"tar entry {m.name!r}: duplicate entry")
@@ -358,7 +371,7 @@ class _TarBuilder:
                 raise TreeFormatError(f"tar entry {m.name!r}: hardlink to a directory")
             self.explicit.add(parts)
             self.parent(parts, m.name).children[parts[-1]] = target  # type: ignore[index]
-            return
+            return None
         kind = _TAR_KINDS.get(m.type)
         if kind is None or m.sparse is not None:
             raise TreeFormatError(f"tar entry {m.name!r}: unsupported entry type {m.type!r}")
@@ -391,7 +404,7 @@ class _TarBuilder:
                 raise TreeFormatError(f"tar entry {m.name!r}: the root is not a directory")
             node.children = self.root.children
             self.root = node
-            return
+            return node
         parent = self.parent(parts, m.name)
         assert parent.children is not None
         existing = parent.children.get(parts[-1])
@@ -400,10 +413,14 @@ class _TarBuilder:
                 raise TreeFormatError(f"tar entry {m.name!r}: duplicate entry")
             node.children = existing.children
         parent.children[parts[-1]] = node
+        return node
 
 
-def from_tar(path: str | os.PathLike[str]) -> Node:
-    """The tree an uncompressed tarball describes, read from its headers (contents stay in the file)."""
+def from_tar(path: str | os.PathLike[str], *, on_file: Callable[[Node], None] | None = None) -> Node:
+    """The tree an uncompressed tarball describes, read from its headers (contents stay in the file).
+
+    ``on_file`` is called with each new regular file node as soon as its header is read.
+    """
     tar_path = os.path.abspath(os.fspath(path))
     file_size = os.stat(tar_path).st_size
     builder = _TarBuilder(tar_path)
@@ -414,7 +431,9 @@ def from_tar(path: str | os.PathLike[str]) -> Node:
                 member = tf.next()
                 if member is None:
                     break
-                builder.add(member, file_size)
+                node = builder.add(member, file_size)
+                if on_file is not None and node is not None and node.is_reg:
+                    on_file(node)
                 last = member.name
             end = tf.offset
     except tarfile.ReadError as exc:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,12 +21,38 @@ DIGEST_SIZE = 32
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 _ZERO_BLOCK_HASH = hashlib.sha256(_ZERO_BLOCK).digest()
 _READ_SIZE = 1 << 20
+_FILE_READ_SIZE = 4 << 20
+
+
+def _level0(mv: memoryview) -> bytes:
+    """The concatenated SHA-256 of each whole block of ``mv``."""
+    sha = hashlib.sha256
+    return b"".join([sha(mv[off : off + BLOCK_SIZE]).digest() for off in range(0, len(mv), BLOCK_SIZE)])
+
+
+_WORKERS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+_PARALLEL_MIN = 256 * 1024
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _level0_parallel(mv: memoryview) -> bytes:
+    global _pool
+    if _WORKERS == 1 or len(mv) < _PARALLEL_MIN:
+        return _level0(mv)
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="fsverity")
+    step = -(-len(mv) // _WORKERS // BLOCK_SIZE) * BLOCK_SIZE
+    return b"".join(_pool.map(_level0, [mv[off : off + step] for off in range(0, len(mv), step)]))
 
 
 class FsVerityHasher:
     """Incremental fs-verity digest: ``update()`` with data, then ``digest()``/``hexdigest()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, parallel: bool = False) -> None:
+        """``parallel``: hash large updates on several threads (hashlib releases the GIL)."""
+        self._parallel = parallel
         self._size = 0
         self._partial = b""
         # levels[i]: hashes (concatenated) of level i waiting to fill one block of level i+1
@@ -36,7 +64,7 @@ class FsVerityHasher:
         return self._size
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        mv = memoryview(data)
+        mv = memoryview(data).cast("B")
         self._size += len(mv)
         if self._partial:
             need = BLOCK_SIZE - len(self._partial)
@@ -47,10 +75,10 @@ class FsVerityHasher:
             self._push(0, hashlib.sha256(self._partial).digest())
             self._partial = b""
         full = len(mv) - len(mv) % BLOCK_SIZE
-        sha = hashlib.sha256
-        push = self._push
-        for off in range(0, full, BLOCK_SIZE):
-            push(0, sha(mv[off : off + BLOCK_SIZE]).digest())
+        if full:
+            whole = mv[:full]
+            hashes = _level0_parallel(whole) if self._parallel else _level0(whole)
+            self._push_many(0, hashes)
         if full < len(mv):
             self._partial = bytes(mv[full:])
 
@@ -62,12 +90,28 @@ class FsVerityHasher:
             need = min(count, BLOCK_SIZE - len(self._partial))
             self.update(bytes(need))
             count -= need
-        while count >= BLOCK_SIZE:
-            self._size += BLOCK_SIZE
-            self._push(0, _ZERO_BLOCK_HASH)
-            count -= BLOCK_SIZE
-        if count:
-            self.update(bytes(count))
+        blocks = count // BLOCK_SIZE
+        while blocks:
+            batch = min(blocks, 1 << 16)
+            self._size += batch * BLOCK_SIZE
+            self._push_many(0, _ZERO_BLOCK_HASH * batch)
+            blocks -= batch
+        if count % BLOCK_SIZE:
+            self.update(bytes(count % BLOCK_SIZE))
+
+    def _push_many(self, level: int, hashes: bytes) -> None:
+        """Append concatenated hashes to ``level``; hash every block of them that fills up."""
+        while hashes:
+            if level == len(self._levels):
+                self._levels.append(bytearray())
+            buf = self._levels[level]
+            buf += hashes
+            if len(buf) < BLOCK_SIZE:
+                return
+            nfull = len(buf) - len(buf) % BLOCK_SIZE
+            hashes = _level0(memoryview(bytes(buf[:nfull])))
+            del buf[:nfull]
+            level += 1
 
     def _push(self, level: int, h: bytes) -> None:
         while True:
@@ -140,10 +184,12 @@ def digest_bytes(data: bytes) -> bytes:
 
 def digest_file(path: str | os.PathLike[str]) -> bytes:
     """The fs-verity digest of a file; holes in sparse files are hashed without being read."""
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
-        h = FsVerityHasher()
+        h = FsVerityHasher(parallel=True)
+        buf = bytearray(_FILE_READ_SIZE)
+        view = memoryview(buf)
         pos = 0
         while pos < size:
             try:
@@ -159,15 +205,12 @@ def digest_file(path: str | os.PathLike[str]) -> bytes:
             except OSError:
                 hole = size
             f.seek(pos)
-            remaining = hole - pos
-            while remaining > 0:
-                chunk = f.read(min(_READ_SIZE, remaining))
-                if not chunk:
-                    break
-                h.update(chunk)
-                remaining -= len(chunk)
-                pos += len(chunk)
-            pos = hole
+            while pos < hole:
+                n = f.readinto(view[: min(len(buf), hole - pos)])
+                if not n:
+                    raise OSError(f"{os.fspath(path)}: file shrank while being read")
+                h.update(view[:n])
+                pos += n
         return h.digest()
 
 

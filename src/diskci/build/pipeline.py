@@ -234,7 +234,7 @@ def run_build(
         ctx.record.inputs["stages"] = list(names)
         for st in plan:
             func = st.load()
-            with step(f"{st.name} [{arch.value}]") as progress:
+            with step(f"{st.name} ({arch.value})") as progress:
                 ctx.progress = progress
                 try:
                     func(ctx)

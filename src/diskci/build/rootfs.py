@@ -28,7 +28,7 @@ from diskci.build.manifest import sha256_file
 from diskci.build.mirror import fetch_release, resolve_mirror
 from diskci.build.pipeline import BuildContext
 from diskci.console import interactive
-from diskci.errors import BuildError, ResourceError, ToolError, UsageError
+from diskci.errors import BuildError, CacheError, ResourceError, ToolError, UsageError
 from diskci.process import require_tool, run, tool_version
 from diskci.registry.mediatypes import ANNOTATION_ARCH, PACKAGES_JSON, ROOTFS_TAR, SBOM_SPDX
 from diskci.spec import Architecture, PlatformSpec
@@ -124,8 +124,13 @@ def stage(ctx: BuildContext) -> None:
         rootfs_art = ctx.add_artifact(tar, ROOTFS_TAR)
         pkg_art = ctx.add_artifact(packages_json, PACKAGES_JSON)
         ctx.report("storing in the cache")
-        cache.store(key, outputs, inputs)
-        log.info("rootfs %s: built and cached (key %s)", arch.value, key[:16])
+        try:
+            cache.store(
+                key, outputs, inputs, {"rootfs.tar": rootfs_art.sha256, "packages.json": pkg_art.sha256}
+            )
+            log.info("rootfs %s: built and cached (key %s)", arch.value, key[:16])
+        except CacheError as exc:  # the build itself succeeded: a cache problem only costs time later
+            log.warning("rootfs %s: built, but not cached: %s", arch.value, exc.message)
     else:
         rootfs_art = ctx.record.artifact("rootfs.tar")
         pkg_art = ctx.record.artifact("packages.json")

@@ -61,6 +61,9 @@ def _actor() -> str:
 def serve(
     host: str = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", help="Port (default 8480)."),
+    public_base_url: str = typer.Option(
+        None, "--public-base-url", help="URL nodes and CI reach this server at (default http://HOST:PORT)."
+    ),
     state_dir: Path = StateDirOption,
     database_url: str = DatabaseOption,
     consumer: bool = typer.Option(
@@ -73,7 +76,13 @@ def serve(
     """
     import uvicorn
 
-    _environment(state_dir, database_url, bind_host=host, bind_port=str(port) if port else None)
+    _environment(
+        state_dir,
+        database_url,
+        bind_host=host,
+        bind_port=str(port) if port else None,
+        public_base_url=public_base_url,
+    )
     from diskci.platform.http.app import create_app
     from diskci.platform.settings import PlatformSettings
 
@@ -137,6 +146,15 @@ def migrate(
         print_json(result)
     else:
         stdout.print(f"{result['url']}: schema at head")
+
+
+def _has_tokens(database: Any) -> bool:
+    from sqlalchemy import select
+
+    from diskci.platform.db.models import ApiToken
+
+    with database.read_session() as session:
+        return session.scalar(select(ApiToken.id).limit(1)) is not None
 
 
 def _redacted(url: str) -> str:

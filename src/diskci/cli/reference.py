@@ -9,22 +9,27 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
-import click
 import typer
 
 START = "<!-- cli-reference:start -->"
 END = "<!-- cli-reference:end -->"
 
 
-def _walk(cmd: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
+def _walk(cmd: Any, path: list[str]) -> list[tuple[list[str], Any]]:
     out = [(path, cmd)]
-    if isinstance(cmd, click.Group):
+    if _is_group(cmd):
         for name in sorted(cmd.commands):
             sub = cmd.commands[name]
             if not sub.hidden:
                 out.extend(_walk(sub, [*path, name]))
     return out
+
+
+def _is_group(cmd: Any) -> bool:
+    # typer vendors its own click; duck-type instead of isinstance(click.Group).
+    return hasattr(cmd, "commands")
 
 
 def _plain(text: str) -> str:
@@ -38,13 +43,13 @@ def render() -> str:
     root = typer.main.get_command(app)
     lines: list[str] = []
     for path, cmd in _walk(root, ["diskci"]):
-        if isinstance(cmd, click.Group) and len(path) > 1 and not cmd.params:
+        if _is_group(cmd) and len(path) > 1:
             lines.append(f"### `{' '.join(path)}`\n")
             lines.append(_plain(cmd.help or "") + "\n")
             continue
         if len(path) == 1:
             continue
-        ctx = click.Context(cmd, info_name=" ".join(path))
+        ctx = cmd.context_class(cmd, info_name=" ".join(path))
         usage = " ".join(cmd.collect_usage_pieces(ctx))
         lines.append(f"### `{' '.join(path)}`\n")
         lines.append(f"```\n{' '.join(path)} {usage}\n```\n")
@@ -52,7 +57,7 @@ def render() -> str:
             lines.append(_plain(cmd.help) + "\n")
         opts = []
         for p in cmd.params:
-            if isinstance(p, click.Option) and not p.hidden:
+            if getattr(p, "param_type_name", "") == "option" and not getattr(p, "hidden", False):
                 names = ", ".join(f"`{o}`" for o in p.opts + p.secondary_opts)
                 opts.append(f"| {names} | {_plain(p.help or '')} |")
         if opts:

@@ -20,8 +20,9 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import Task as HueyTask
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from diskci.errors import UsageError
+from diskci.errors import DiskciError, UsageError
 from diskci.platform.db.models import Task, TaskStatus
 from diskci.platform.db.session import Database, get_database
 from diskci.platform.settings import PlatformSettings
@@ -61,14 +62,22 @@ huey = make_huey(settings)
 
 
 def _record_task(database: Database, task_id: str, kind: str, payload: dict[str, Any], **values: Any) -> None:
-    """Upsert the Task row that lets operators follow a queued job by its task_id."""
-    with database.session() as s:
-        row = s.scalar(select(Task).where(Task.task_id == task_id))
-        if row is None:
-            row = Task(task_id=task_id, kind=kind, payload=payload)
-            s.add(row)
-        for key, value in values.items():
-            setattr(row, key, value)
+    """Upsert the Task row that lets operators follow a queued job by its task_id.
+
+    The webhook receiver inserts the same row when it queues the delivery; whoever comes second updates.
+    """
+    for _ in range(2):
+        try:
+            with database.session() as s:
+                row = s.scalar(select(Task).where(Task.task_id == task_id))
+                if row is None:
+                    row = Task(task_id=task_id, kind=kind, payload=payload)
+                    s.add(row)
+                for key, value in values.items():
+                    setattr(row, key, value)
+            return
+        except IntegrityError:
+            continue  # inserted by the receiver meanwhile: update it
 
 
 def _processor() -> Any:
@@ -97,7 +106,7 @@ def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[
         {"delivery_id": delivery_id},
         status=TaskStatus.RUNNING.value,
         started_at=datetime.now(UTC),
-        attempts=PUBLICATION_RETRIES - (task.retries if task is not None else 0) + 1,
+        attempts=PUBLICATION_RETRIES - task.retries + 1 if task is not None else 1,
     )
     try:
         outcome = _processor().process(delivery_id, final_attempt=final)
@@ -106,7 +115,19 @@ def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[
             database, task_id, PUBLICATION_TASK_KIND, {}, status=TaskStatus.QUEUED.value, error=str(exc)
         )
         raise
-    except Exception as exc:
+    except DiskciError as exc:  # permanent (an unknown delivery, a bad payload): no point in retrying
+        log.error("delivery %s: %s", delivery_id, exc.diagnostics())
+        _record_task(
+            database,
+            task_id,
+            PUBLICATION_TASK_KIND,
+            {},
+            status=TaskStatus.FAILED.value,
+            error=exc.diagnostics()[:4000],
+            finished_at=datetime.now(UTC),
+        )
+        return {"error": type(exc).__name__, "detail": exc.diagnostics()}
+    except Exception as exc:  # unexpected (a database outage ...): recorded, then retried by the queue
         _record_task(
             database,
             task_id,
@@ -118,6 +139,7 @@ def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[
         )
         raise
     result = outcome.as_dict()
+    log.info("delivery %s: publication %s %s", delivery_id, outcome.publication_id, outcome.status)
     _record_task(
         database,
         task_id,

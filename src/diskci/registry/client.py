@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -242,7 +241,3 @@ def retrying(attempts: int = 4, first_delay: float = 0.5) -> Iterator[int]:
         if i:
             time.sleep(first_delay * 2 ** (i - 1))
         yield i
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

@@ -132,11 +132,11 @@ class LayoutRegistry:
             if doc.get("artifactType"):
                 entry["artifactType"] = doc["artifactType"]
             with self._index_locked() as index:
-                index["manifests"] = [
-                    m
-                    for m in index["manifests"]
-                    if (m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) != tag
-                ] + [entry]
+                names = [(m.get("annotations") or {}).get(mt.ANNOTATION_REF_NAME) for m in index["manifests"]]
+                if tag in names:  # re-tag in place: a re-push leaves index.json byte-identical
+                    index["manifests"][names.index(tag)] = entry
+                else:
+                    index["manifests"].append(entry)
         return digest
 
     def _tagged(self, tag: str) -> Descriptor | None:

@@ -54,7 +54,7 @@ class RemoteRegistry:
             url = self._base + url
         headers = dict(kw.pop("headers", None) or {})
         last: Exception | None = None
-        for _ in retrying(attempts=4 if "data" not in kw else 1):
+        for _ in retrying(attempts=1 if isinstance(kw.get("data"), _Body) else 4):  # streams: once
             try:
                 # do_request.__wrapped__: oras' auth handling without its slow catch-all retry loop
                 resp: requests.Response = oras.provider.Registry.do_request.__wrapped__(

@@ -397,10 +397,22 @@ class SigningAuthority:
         """Log a DSSE envelope (JSON form) signed by ``certificate``'s key as a ``dsse`` 0.0.1 entry."""
         try:
             payload = base64.b64decode(envelope["payload"], validate=True)
+            payload_type = str(envelope["payloadType"])
             sigs = [s["sig"] for s in envelope["signatures"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise AuthorityError(f"not a DSSE envelope: {exc}") from None
         self._check_issued_here(certificate)
+        # like Rekor: only entries whose signatures the certificate's key made are logged
+        key = certificate.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or len(sigs) != 1:
+            raise AuthorityError("expected one ECDSA signature by the certificate's key")
+        pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)
+        try:
+            key.verify(base64.b64decode(sigs[0]), pae, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError) as exc:
+            raise AuthorityError(
+                f"the DSSE signature does not verify with the certificate's key: {exc}"
+            ) from None
         pem_b64 = base64.b64encode(certificate.public_bytes(serialization.Encoding.PEM)).decode()
         body: dict[str, Any] = {
             "apiVersion": "0.0.1",

@@ -99,11 +99,13 @@ def create_app(directory: Path) -> FastAPI:
 class AuthorityClient:
     """``SigningBackend`` talking to ``diskci authority serve`` with a worker credential."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, token: str, *, timeout: float = 30.0, client: httpx.Client | None = None
+    ) -> None:
+        """``client``: an httpx client to send through (e.g. a TestClient of ``create_app``)."""
         self.url = url.rstrip("/")
-        self._client = httpx.Client(
-            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
-        )
+        self._client = client or httpx.Client(base_url=self.url, timeout=timeout)
+        self._client.headers["Authorization"] = f"Bearer {token}"
 
     def close(self) -> None:
         self._client.close()

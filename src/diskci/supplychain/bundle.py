@@ -421,7 +421,7 @@ def verify_publication(
         # 2. every file matches build.json
         count, nbytes, checked = _check_files(pub, fsverity=check_fsverity)
         # 3. the signatures: at least one over the index, and every bundle present verifies
-        paths = bundle_files(directory)
+        paths = sorted(bundle_files(directory), key=lambda p: (p.name != PUBLICATION_BUNDLE, p.name))
         results = [
             verify_bundle(
                 p.read_bytes(),

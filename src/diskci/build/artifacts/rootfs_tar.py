@@ -36,7 +36,7 @@ class RootfsTarball:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            self._tar = tarfile.open(path, "r:*")
+            self._tar = tarfile.open(path, "r:*")  # noqa: SIM115 (closed by close())
             self._members = {member_path(m.name): m for m in self._tar.getmembers()}
         except (tarfile.TarError, OSError) as exc:
             raise FormatError(f"{path}: not a readable tar archive: {exc}") from exc

@@ -142,7 +142,7 @@ def stage(ctx: BuildContext) -> None:
     ctx.report(f"sqfstar ({len(stream) >> 20} MiB of tar)")
     with atomic_path(dest) as tmp:
         tmp.unlink()
-        argv = [sqfstar, *SQFSTAR_ARGS, "-mkfs-time", epoch, "-all-time", epoch, "-exit-on-error", tmp]
+        argv = [sqfstar, *SQFSTAR_ARGS, "-mkfs-time", epoch, "-all-time", epoch, "-exit-on-error", str(tmp)]
         run(argv, input=stream)
     del stream
     ctx.tool("sqfstar", tool_version([sqfstar, "-version"]))

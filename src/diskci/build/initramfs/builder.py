@@ -49,8 +49,11 @@ OPTIONAL_MODULES = (
 )
 # Busybox applets init.sh and udhcpc.sh run as commands.
 INIT_APPLETS = frozenset(
-    "sh mount umount mkdir modprobe ip udhcpc wget sha256sum cut switch_root halt reboot sleep cat sed "
-    "tr grep head tail dd od wc rm cp sync setsid cttyhack".split()
+    (
+        *("sh", "mount", "umount", "mkdir", "modprobe", "ip", "udhcpc", "wget", "sha256sum", "cut"),
+        *("switch_root", "halt", "reboot", "sleep", "cat", "sed", "tr", "grep", "head", "tail", "dd"),
+        *("od", "wc", "rm", "cp", "sync", "setsid", "cttyhack", "timeout"),
+    )
 )
 DEPMOD_FILES = ("modules.dep", "modules.alias", "modules.builtin", "modules.order", "modules.softdep")
 ZSTD_ARGS = ("-19", "--single-thread", "--no-progress", "-q", "-c")
@@ -68,7 +71,7 @@ def applet_names(busybox: bytes) -> list[str]:
     """The applet names compiled into a busybox binary (its NUL-separated, sorted name table)."""
     for match in _APPLET_TABLE.finditer(busybox):
         names = [n.decode() for n in match.group().rstrip(b"\0").split(b"\0")]
-        if names == sorted(names) and INIT_APPLETS <= set(names):
+        if names == sorted(names) and set(names) >= INIT_APPLETS:
             return names
     raise BuildError(
         "busybox: no applet table holding every applet the init needs "
@@ -78,10 +81,15 @@ def applet_names(busybox: bytes) -> list[str]:
 
 @dataclass(frozen=True)
 class ModuleSet:
-    """The modules to include: stored paths (relative to /lib/modules/<version>) and the load list."""
+    """The modules to include: stored paths (relative to /lib/modules/<version>) and the load list.
+
+    ``load`` holds module names in load order; ``quiet`` those whose failure to load is expected (soft
+    dependencies such as a CPU-specific crc32c, which the emulated CPU may lack).
+    """
 
     paths: tuple[str, ...]
     load: tuple[str, ...]
+    quiet: frozenset[str]
     builtin: tuple[str, ...]
 
 
@@ -96,29 +104,67 @@ def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
     return out
 
 
-def select_modules(dep_text: str, builtin_text: str) -> ModuleSet:
-    """The wanted modules with their dependency closure; required ones must exist (or be built in)."""
+def parse_softdeps(text: str) -> dict[str, list[str]]:
+    """modules.softdep as {module name: [names loaded before it]} (``post:`` ones are loaded after
+    everything else the init loads, which is the same for a boot that loads a fixed list)."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0] != "softdep":
+            continue
+        out.setdefault(words[1].replace("-", "_"), []).extend(w for w in words[2:] if not w.endswith(":"))
+    return out
+
+
+def parse_aliases(text: str) -> dict[str, list[str]]:
+    """modules.alias as {alias: [module names]} for plain (non-wildcard) aliases."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "alias" and not any(c in words[1] for c in "*?["):
+            out.setdefault(words[1], []).append(words[2])
+    return out
+
+
+def select_modules(
+    dep_text: str, builtin_text: str, softdep_text: str = "", alias_text: str = ""
+) -> ModuleSet:
+    """The wanted modules with their dependency closure and soft dependencies; required ones must
+    exist (or be built in)."""
     deps = parse_modules_dep(dep_text)
     builtin = {module_name(line.strip()) for line in builtin_text.splitlines() if line.strip()}
+    softdeps = parse_softdeps(softdep_text)
+    aliases = parse_aliases(alias_text)
     by_path = {path: name for name, (path, _) in deps.items()}
     chosen: set[str] = set()
     load: list[str] = []
+    quiet: set[str] = set()
     in_kernel: list[str] = []
 
-    def add(path: str) -> None:
-        if path in chosen:
-            return
+    def closure(path: str) -> list[str]:
         if path not in by_path:
             raise BuildError(f"modules.dep: {path} is listed as a dependency but has no entry of its own")
-        chosen.add(path)
+        found = [path]
         for dep in deps[by_path[path]][1]:
-            add(dep)
+            found += [p for p in closure(dep) if p not in found]
+        return found
+
+    def add(name: str, *, soft: bool) -> None:
+        for path in closure(deps[name][0]):
+            for soft_name in softdeps.get(by_path[path], []):
+                for target in [soft_name] if soft_name in deps else aliases.get(soft_name, []):
+                    if target in deps and target not in load:
+                        add(target, soft=True)
+            chosen.add(path)
+        if name not in load:
+            load.append(name)
+            if soft:
+                quiet.add(name)
 
     missing = []
     for name in (*REQUIRED_MODULES, *OPTIONAL_MODULES):
         if name in deps:
-            add(deps[name][0])
-            load.append(name)
+            add(name, soft=False)
         elif name in builtin:
             in_kernel.append(name)
         elif name in REQUIRED_MODULES:
@@ -128,7 +174,7 @@ def select_modules(dep_text: str, builtin_text: str) -> ModuleSet:
             f"the kernel has neither module nor built-in driver for: {', '.join(missing)}",
             hint="diskci's netboot init needs virtio networking, loop, squashfs and overlay.",
         )
-    return ModuleSet(tuple(sorted(chosen)), tuple(load), tuple(in_kernel))
+    return ModuleSet(tuple(sorted(chosen)), tuple(load), frozenset(quiet), tuple(in_kernel))
 
 
 def _uncompressed(path: str, data: bytes) -> tuple[str, bytes]:
@@ -187,8 +233,12 @@ def build_archive(root: RootfsTarball, *, mtime: int) -> tuple[CpioArchive, str,
     a.add_file("etc/diskci/udhcpc.sh", _script("udhcpc.sh"), 0o755)
 
     moddir = f"lib/modules/{version}"
-    texts = {f: root.read(f"{moddir}/{f}").decode() if root.exists(f"{moddir}/{f}") else "" for f in DEPMOD_FILES}
-    modules = select_modules(texts["modules.dep"], texts["modules.builtin"])
+    texts = {
+        f: root.read(f"{moddir}/{f}").decode() if root.exists(f"{moddir}/{f}") else "" for f in DEPMOD_FILES
+    }
+    modules = select_modules(
+        texts["modules.dep"], texts["modules.builtin"], texts["modules.softdep"], texts["modules.alias"]
+    )
     rename: dict[str, str] = {}
     for path in modules.paths:
         stored, data = _uncompressed(path, root.read(f"{moddir}/{path}"))
@@ -198,11 +248,14 @@ def build_archive(root: RootfsTarball, *, mtime: int) -> tuple[CpioArchive, str,
     kept_paths = set(modules.paths)
     kept_names = {module_name(p) for p in modules.paths}
     a.add_file(f"{moddir}/modules.dep", _filter_lines(texts["modules.dep"], kept_paths, 0, rename).encode())
-    a.add_file(f"{moddir}/modules.order", _filter_lines(texts["modules.order"], kept_paths, 0, rename).encode())
+    a.add_file(
+        f"{moddir}/modules.order", _filter_lines(texts["modules.order"], kept_paths, 0, rename).encode()
+    )
     a.add_file(f"{moddir}/modules.alias", _filter_lines(texts["modules.alias"], kept_names, -1, {}).encode())
     a.add_file(f"{moddir}/modules.builtin", texts["modules.builtin"].encode())
     a.add_file(f"{moddir}/modules.softdep", texts["modules.softdep"].encode())
-    a.add_file("etc/diskci/modules", "".join(f"{m}\n" for m in modules.load).encode())
+    listing = "".join(f"{m} quiet\n" if m in modules.quiet else f"{m}\n" for m in modules.load)
+    a.add_file("etc/diskci/modules", listing.encode())
     return a, version, modules
 
 

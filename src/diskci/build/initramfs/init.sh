@@ -68,7 +68,8 @@ report() {
 	[ -n "${3:-}" ] && body="$body,\"message\":\"$(json_escape "$3")\""
 	body="$body,\"root\":\"$(json_escape "${ROOT_URL:-$ROOT}")\",\"root_sha256\":\"$(json_escape "$ROOT_SHA256")\""
 	body="$body,\"mac\":\"$(json_escape "$mac")\",\"uptime\":$(uptime_s)}"
-	wget -q -T 10 -O /dev/null --header "Content-Type: application/json" --post-data "$body" "$REPORT" \
+	# (busybox 1.35's wget -T crashes: the time limit comes from timeout instead)
+	timeout 15 wget -q -O /dev/null --header "Content-Type: application/json" --post-data "$body" "$REPORT" \
 		2>/dev/null || say "warning: could not report '$1' to $REPORT"
 }
 
@@ -188,9 +189,10 @@ mount_api() {
 
 load_modules() {
 	[ -r "$MODULES_LIST" ] || return 0
-	while read -r mod; do
+	# one module per line; "quiet" after a name: a soft dependency that may not apply to this machine
+	while read -r mod flag; do
 		[ -n "$mod" ] || continue
-		modprobe "$mod" 2>/dev/null || say "warning: could not load module $mod"
+		modprobe "$mod" 2>/dev/null || [ "$flag" = quiet ] || say "warning: could not load module $mod"
 	done <"$MODULES_LIST"
 }
 

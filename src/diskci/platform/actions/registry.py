@@ -18,9 +18,10 @@ from functools import cached_property
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from diskci.errors import Forbidden, InvalidRequest
+from diskci.errors import Conflict, Forbidden, InvalidRequest, PlatformError
 from diskci.platform.db.models import Role, utcnow
 from diskci.platform.db.session import Database
 from diskci.platform.secrets import SecretBox
@@ -133,7 +134,9 @@ def load_all() -> Mapping[str, ActionSpec]:
     """Every registered action, by name (imports the action modules on first use)."""
     for module in ACTION_MODULES:
         importlib.import_module(module)
-    return dict(_REGISTRY)
+    order = {module: i for i, module in enumerate(ACTION_MODULES)}
+    specs = sorted(_REGISTRY.values(), key=lambda s: order.get(s.func.__module__, len(order)))
+    return {spec.name: spec for spec in specs}
 
 
 def get_action(name: str) -> ActionSpec:
@@ -145,6 +148,14 @@ def get_action(name: str) -> ActionSpec:
 
 class UnknownAction(InvalidRequest):
     http_status = 404
+
+
+class ConcurrentChange(Conflict):
+    """A uniqueness rule was hit by a change that raced this one (the other change won)."""
+
+
+class DatabaseUnavailable(PlatformError):
+    http_status = 503
 
 
 def validation_detail(exc: ValidationError) -> str:
@@ -191,11 +202,14 @@ def invoke(
     spec = get_action(name)
     check_role(spec, role)
     payload = parse_input(spec, data)
-    with _scope(database, spec) as session:
-        ctx = ActionContext(session=session, settings=settings, actor=actor, role=role, database=database)
-        result = spec.func(ctx, payload)
-        if not isinstance(result, spec.output_model):
-            raise TypeError(
-                f"action {name} returned {type(result).__name__}, not {spec.output_model.__name__}"
-            )
-        return result
+    try:
+        with _scope(database, spec) as session:
+            ctx = ActionContext(session=session, settings=settings, actor=actor, role=role, database=database)
+            result = spec.func(ctx, payload)
+            if not isinstance(result, spec.output_model):
+                raise TypeError(f"{name} returned {type(result).__name__}, not {spec.output_model.__name__}")
+            return result
+    except IntegrityError as exc:
+        raise ConcurrentChange(f"{name}: a concurrent change conflicts with this one: {exc.orig}") from exc
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"{name}: the database is unavailable: {exc.orig}") from exc

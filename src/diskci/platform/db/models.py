@@ -185,7 +185,8 @@ class DiskImagePublication(Base):
 
     ``artifacts`` maps each architecture to its verified files::
 
-        {"amd64": {"manifest_digest": "sha256:..", "composefs_digest": "<fs-verity hex>",
+        {"amd64": {"manifest_digest": "sha256:..", "config_sha256": "<hex>",
+                   "composefs_digest": "<fs-verity hex>", "kernel_version": "..", "cmdline": "..",
                    "artifacts": [{"name": "rootfs.erofs", "media_type": "..", "size": 1,
                                   "sha256": "<hex>", "fsverity": "<hex>|null", "digest": "sha256:.."}]}}
     """

@@ -18,10 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from diskci import __version__
 from diskci.errors import DiskciError, InvalidRequest, Unauthorized
-from diskci.platform.actions.registry import ActionSpec, invoke, load_all
+from diskci.platform.actions.registry import ActionSpec, DatabaseUnavailable, invoke, load_all
 from diskci.platform.db.session import Database, configure, set_default
 from diskci.platform.http.auth import Principal, current_principal
 from diskci.platform.settings import PlatformSettings
@@ -147,8 +148,11 @@ def create_app(
 
     @app.get("/healthz", tags=["health"], summary="liveness and database reachability")
     def healthz() -> dict[str, str]:
-        with database.read_session() as session:
-            session.execute(text("SELECT 1"))
+        try:
+            with database.read_session() as session:
+                session.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailable(f"the database is unavailable: {exc}") from exc
         return {"status": "ok", "version": __version__, "database": database.backend}
 
     from diskci.platform.http.webhooks import router as webhook_router

@@ -8,10 +8,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 
 from diskci.errors import Unauthorized
+from diskci.platform.actions.registry import DatabaseUnavailable
 from diskci.platform.actions.tokens import authenticate
-from diskci.platform.db.models import Role, utcnow
+from diskci.platform.db.models import ApiToken, Role, utcnow
 from diskci.platform.db.session import Database
 
 # last_used_at is a write; do it at most this often per token.
@@ -38,18 +40,19 @@ def current_principal(
     if credentials is None or not credentials.credentials:
         raise MissingToken("missing bearer token: send Authorization: Bearer <token>")
     database: Database = request.app.state.database
-    with database.read_session() as session:
-        row = authenticate(session, credentials.credentials)
-        principal = Principal(name=row.name, role=Role(row.role))
-        stale = row.last_used_at is None or utcnow() - row.last_used_at > LAST_USED_RESOLUTION
-        token_id = row.id
-    if stale:
-        from diskci.platform.db.models import ApiToken
-
-        with database.session() as session:
-            token = session.get(ApiToken, token_id)
-            if token is not None:
-                token.last_used_at = utcnow()
+    try:
+        with database.read_session() as session:
+            row = authenticate(session, credentials.credentials)
+            principal = Principal(name=row.name, role=Role(row.role))
+            stale = row.last_used_at is None or utcnow() - row.last_used_at > LAST_USED_RESOLUTION
+            token_id = row.id
+        if stale:
+            with database.session() as session:
+                token = session.get(ApiToken, token_id)
+                if token is not None:
+                    token.last_used_at = utcnow()
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(f"cannot check the API token: the database is unavailable: {exc}") from exc
     return principal
 
 

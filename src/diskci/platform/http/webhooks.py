@@ -26,11 +26,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
 from diskci.errors import Conflict, InvalidRequest, PlatformError, Unauthorized
+from diskci.notify import DiskImageBuilt  # the payload schema, shared with the sender
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.registry import validation_detail
 from diskci.platform.actions.webhooks import WEBHOOK_PATH, valid_secrets, webhook_for
@@ -72,28 +74,6 @@ class MalformedDelivery(InvalidRequest):
 
 class QueueUnavailable(PlatformError):
     http_status = 503
-
-
-class BuildSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    repo: str = Field(min_length=1, max_length=1024)
-    ref: str = Field(min_length=1, max_length=1024)
-    commit: str = Field(pattern=r"^[0-9a-f]{7,64}$")
-
-
-class DiskImageBuilt(BaseModel):
-    """The ``disk_image_built`` payload ``diskci notify`` sends."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    node_platform: str = Field(min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=128)
-    reference: str = Field(min_length=1, max_length=1024)
-    manifest_digest: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
-    source: BuildSource
-    run_id: str | int
-    critical: bool = False
 
 
 class Accepted(BaseModel):
@@ -215,8 +195,15 @@ def _note_queued(
 )
 async def disk_image_built(request: Request) -> JSONResponse:
     settings: PlatformSettings = request.app.state.settings
-    database: Database = request.app.state.database
     body = await read_limited(request, settings.webhook_max_body_bytes)
+    # The rest waits on the database and the queue: keep it off the event loop.
+    accepted = await run_in_threadpool(_accept, request, body)
+    return JSONResponse(status_code=202, content=accepted.model_dump())
+
+
+def _accept(request: Request, body: bytes) -> Accepted:
+    settings: PlatformSettings = request.app.state.settings
+    database: Database = request.app.state.database
     presented = _signature(request.headers)
     delivery_id = _delivery_id(request.headers)
     _check_timestamp(request.headers, settings.webhook_tolerance_seconds, time.time())
@@ -271,6 +258,4 @@ async def disk_image_built(request: Request) -> JSONResponse:
         _note_queued(database, delivery_id, task_id, platform_id, payload, with_task_row=True)
     except IntegrityError:  # the worker recorded the task first
         _note_queued(database, delivery_id, task_id, platform_id, payload, with_task_row=False)
-    return JSONResponse(
-        status_code=202, content=Accepted(delivery_id=delivery_id, task_id=task_id).model_dump()
-    )
+    return Accepted(delivery_id=delivery_id, task_id=task_id)

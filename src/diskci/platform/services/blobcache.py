@@ -69,8 +69,6 @@ class BlobCache:
             with open(tmp, "wb") as out:
                 for chunk in chunks:
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -103,6 +101,7 @@ class BlobCache:
                     if verity is not None:
                         verity.update(chunk)
                     written += len(chunk)
+                os.fsync(f.fileno())  # the bytes are on disk before the name says they are there
             got = sha.hexdigest()
             if got != hexpart:
                 raise VerificationFailed("digest_mismatch", f"blob sha256:{hexpart} has sha256:{got}")
@@ -168,7 +167,7 @@ class BlobCache:
         Blobs younger than ``min_age_seconds`` are kept: a processor may have cached them for a
         publication it has not committed yet.
         """
-        keep = {normalize_digest(d) for d in referenced}
+        keep = {d[7:] if d.startswith("sha256:") else d for d in referenced}
         removed: list[str] = []
         kept = 0
         freed = 0

@@ -1,9 +1,22 @@
 """DiskImagePublicationProcessor: turn a ``disk_image_built`` delivery into a verified publication.
 
 Deny by default (sigstore policy-controller's stance): a publication becomes ``published`` only when
-every check below passed, and then in one transaction together with its ``disk_image_published``
+every step below passed, and then in one transaction together with its ``disk_image_published``
 event. Any failed check marks it ``failed`` with a stable reason code and a
 ``disk_image_publication_failed`` event carrying that reason.
+
+  1. load the delivery and the platform's policy (identity regexp, issuer, trusted root);
+  2. claim the publication row;
+  3. resolve the reference, which must lie in the platform's repository    ``reference_mismatch``
+  4. the index digest equals the delivered ``manifest_digest``             ``digest_mismatch``
+  5. find the sigstore bundles referring to the index                      ``signature_missing``
+  6. verify every bundle (sigstore-python) against the policy              ``signature_invalid``,
+     ``identity_mismatch``, ``issuer_mismatch``, ``unknown_ca``, ``tlog_invalid``, ...
+  7. download every artifact blob into the blob cache, checking sha256     ``digest_mismatch``
+     and, for root and composefs images, the fs-verity digest of build.json ``fsverity_mismatch``
+  8. build.json agrees with the manifests, every architecture present      ``manifest_invalid``
+  9. one transaction: ``published`` + ``disk_image_published``.
+A registry that cannot be reached is ``registry_unreachable`` once the queue's retries are spent.
 
 Idempotence: publications are unique per (platform, index digest). The row is claimed first (inserted
 as ``processing``, or taken over from ``processing``/``failed``); the final write is a compare-and-set
@@ -154,7 +167,7 @@ class DiskImagePublicationProcessor:
         if isinstance(claimed, Outcome):
             return claimed
         try:
-            verified = self._verify(info)
+            verified = self._verify(info)  # steps 3-8
         except VerificationFailed as exc:
             return self._fail(claimed, info, exc.reason, exc.message.removeprefix(f"{exc.reason}: "))
         except RegistryError as exc:
@@ -249,7 +262,8 @@ class DiskImagePublicationProcessor:
         )
 
     def _publish(self, pub_id: int, info: DeliveryInfo, v: Verified) -> Outcome:
-        # 8. One transaction: the row becomes published (only from processing) and the event is added.
+        # 9. One transaction: the row becomes published and the event is added. Compare-and-set: from
+        # processing, or from failed (a concurrent worker's failure loses to a complete verification).
         now = datetime.now(UTC)
         with self.database.session() as s:
             changed = _rowcount(
@@ -257,7 +271,9 @@ class DiskImagePublicationProcessor:
                     update(DiskImagePublication)
                     .where(
                         DiskImagePublication.id == pub_id,
-                        DiskImagePublication.status == PublicationStatus.PROCESSING.value,
+                        DiskImagePublication.status.in_(
+                            [PublicationStatus.PROCESSING.value, PublicationStatus.FAILED.value]
+                        ),
                     )
                     .values(
                         status=PublicationStatus.PUBLISHED.value,
@@ -333,7 +349,7 @@ class DiskImagePublicationProcessor:
 
     # --- verification ----------------------------------------------------------------------------
     def _verify(self, info: DeliveryInfo) -> Verified:
-        # 2. Resolve the reference, which must name the platform's own repository.
+        # 3. Resolve the reference, which must name the platform's own repository.
         ref = Reference.parse(info.reference)
         base = str(Reference(ref.host, ref.repository, layout_path=ref.layout_path))
         if base != info.repository.rstrip("/"):
@@ -343,7 +359,7 @@ class DiskImagePublicationProcessor:
             )
         client = self.registry(ref)
         index_desc = client.resolve(ref.target)
-        # 3. The index digest must be the one that was delivered (and signed).
+        # 4. The index digest must be the one that was delivered (and signed).
         if index_desc.digest != info.manifest_digest:
             raise VerificationFailed(
                 "digest_mismatch",
@@ -354,9 +370,9 @@ class DiskImagePublicationProcessor:
         index = parse_manifest(index_bytes, index_desc.digest)
         if index.get("mediaType") != mt.OCI_INDEX:
             raise VerificationFailed("manifest_invalid", f"{index_desc.digest} is not an OCI image index")
-        # 4-5. Find the signature bundles and verify them against the platform's policy.
+        # 5-6. Find the signature bundles and verify them against the platform's policy.
         signature = self._verify_signatures(info, client, index_desc)
-        # 6-7. Every artifact manifest: blobs into the cache (sha256, fs-verity), build.json agreement.
+        # 7-8. Every artifact manifest: blobs into the cache (sha256, fs-verity), build.json agreement.
         artifacts: dict[str, Any] = {}
         composefs: str | None = None
         for entry in index.get("manifests") or []:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import Text, cast, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from diskci.errors import Conflict, RegistryError
@@ -135,15 +136,8 @@ def delete_publication(reference: str, index_digest: str, manifest_digests: list
         client.delete_manifest(digest)
 
 
-def _digests_of(artifacts: dict[str, Any] | None) -> Iterator[str]:
-    for entry in (artifacts or {}).values():
-        if not isinstance(entry, dict):
-            continue
-        for art in entry.get("artifacts", []):
-            if art.get("sha256"):
-                yield str(art["sha256"])
-        if entry.get("config_sha256"):
-            yield str(entry["config_sha256"])
+# The blob digests inside a publication's ``artifacts`` JSON: each file's "sha256" and "config_sha256".
+_BLOB_REF = re.compile(r'"(?:sha256|config_sha256)"\s*:\s*"([0-9a-f]{64})"')
 
 
 class DiskImageRetentionService:
@@ -245,7 +239,7 @@ class DiskImageRetentionService:
             if dry_run:
                 continue
             try:
-                self._prune_one(cand)
+                done = self._prune_one(cand)
             except RegistryError as exc:
                 log.warning("retention: %s %s not pruned: %s", cand.platform, cand.version, exc)
                 result.failed[cand.id] = str(exc)
@@ -260,8 +254,10 @@ class DiskImageRetentionService:
                         )
                     )
             else:
-                result.pruned.append(cand.id)
-        referenced = self.referenced_blobs()
+                if done:
+                    result.pruned.append(cand.id)
+        # A preview counts what the sweep would free: as if its candidates were already pruned.
+        referenced = self.referenced_blobs(exclude={c.id for c in result.candidates} if dry_run else set())
         gc = self.blobs.collect_garbage(
             referenced, dry_run=dry_run, min_age_seconds=self.blob_min_age_seconds
         )
@@ -269,11 +265,20 @@ class DiskImageRetentionService:
         result.bytes_freed = gc.freed_bytes
         return result
 
-    def _prune_one(self, cand: Candidate) -> None:
+    def _prune_one(self, cand: Candidate) -> bool:
+        """Prune one candidate; False when it stopped being one since the selection (made default)."""
         with self.database.read_session() as s:
-            artifacts = s.scalar(
-                select(DiskImagePublication.artifacts).where(DiskImagePublication.id == cand.id)
+            default = s.scalar(
+                select(NodePlatform.default_publication_id).where(NodePlatform.id == cand.platform_id)
             )
+            artifacts = s.scalar(
+                select(DiskImagePublication.artifacts).where(
+                    DiskImagePublication.id == cand.id,
+                    DiskImagePublication.status == PublicationStatus.PUBLISHED.value,
+                )
+            )
+        if default == cand.id or artifacts is None:
+            return False
         manifests = [
             str(e["manifest_digest"])
             for e in (artifacts or {}).values()
@@ -302,18 +307,25 @@ class DiskImageRetentionService:
                         payload={**cand.as_dict(), "manifests": manifests},
                     )
                 )
+        return bool(changed)
 
-    def referenced_blobs(self) -> set[str]:
-        """Every blob digest an unpruned publication still needs."""
+    def referenced_blobs(self, *, exclude: set[int] | None = None) -> set[str]:
+        """Every blob digest an unpruned publication (other than ``exclude``) still needs.
+
+        Read as JSON text and scanned with one regular expression: 100,000 rows in well under a second,
+        where decoding every document would take seconds.
+        """
         out: set[str] = set()
+        skip = exclude or set()
         with self.database.read_session() as s:
             rows = s.execute(
-                select(DiskImagePublication.artifacts).where(
+                select(DiskImagePublication.id, cast(DiskImagePublication.artifacts, Text)).where(
                     DiskImagePublication.status != PublicationStatus.PRUNED.value
                 )
             )
-            for (artifacts,) in rows:
-                out.update(_digests_of(artifacts))
+            for pub_id, text_ in rows:
+                if pub_id not in skip and text_:
+                    out.update(_BLOB_REF.findall(text_))
         return out
 
     # --- the lock --------------------------------------------------------------------------------
