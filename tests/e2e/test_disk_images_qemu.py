@@ -8,55 +8,27 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
-import threading
-import time
-from collections.abc import Sequence
+import sys
 from pathlib import Path
 
 import pytest
 
 from diskci.build.manifest import BuildManifest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qemu_console import QemuConsole
+
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
-BOOT_TIMEOUT = 240.0
+BOOT_TIMEOUT = 180.0
 
 
-def boot(argv: Sequence[str], want: str, log: Path, *, timeout: float = BOOT_TIMEOUT) -> str:
-    """Run QEMU until a serial console line contains ``want`` or a diskci error; return that line."""
-    proc = subprocess.Popen(
-        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    assert proc.stdout is not None
-    found: list[str] = []
-    lines: list[str] = []
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").replace("\r", "").rstrip("\n")
-            lines.append(line)
-            if want in line or "diskci: error" in line:
-                found.append(line)
-                return
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    t.join(timeout)
-    proc.kill()
-    proc.wait()
-    log.write_text("\n".join(lines) + "\n")
-    if not found:
-        tail = "\n".join(lines[-30:])
-        pytest.fail(f"no {want!r} on the console within {timeout:.0f}s; last lines:\n{tail}")
-    return found[0]
-
-
-def qemu_base(tmp_path: Path) -> list[str]:
+def qemu_base() -> list[str]:
     return [
         shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
         "-accel", "tcg", "-m", "1536", "-smp", "1",
@@ -75,9 +47,9 @@ def uefi(tmp_path: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def booted_line(build: Path) -> str:
+def booted_pattern(build: Path) -> str:
     manifest = BuildManifest.load(build)
-    return f"diskci: booted {manifest.platform} {manifest.version}"
+    return re.escape(f"diskci: booted {manifest.platform} {manifest.version}")
 
 
 def root_partition(disk: Path) -> tuple[int, int]:
@@ -91,28 +63,22 @@ def root_partition(disk: Path) -> tuple[int, int]:
 
 def test_disk_qcow2_boots_under_ovmf(amd64_build: Path, tmp_path: Path) -> None:
     disk = amd64_build / "amd64" / "disk.qcow2"
-    want = booted_line(amd64_build)
-    start = time.monotonic()
-    line = boot(
-        [*qemu_base(tmp_path), *uefi(tmp_path), "-drive", f"if=virtio,format=qcow2,file={disk},snapshot=on"],
-        want,
-        tmp_path / "console.log",
-    )
-    assert want in line, line
-    print(f"disk.qcow2 (UEFI) reached {want!r} in {time.monotonic() - start:.0f}s")
+    argv = [*qemu_base(), *uefi(tmp_path), "-drive", f"if=virtio,format=qcow2,file={disk},snapshot=on"]
+    with QemuConsole(argv, log_path=tmp_path / "console.log") as vm:
+        vm.wait_for(r"diskci: verified sha256", timeout=BOOT_TIMEOUT)
+        vm.wait_for(booted_pattern(amd64_build), timeout=BOOT_TIMEOUT)
+        print(f"disk.qcow2 (UEFI) booted in {vm.elapsed:.0f}s")
+    assert vm.saw(r"partlabel diskci-root")
 
 
 def test_netboot_iso_boots_as_cdrom_under_seabios(amd64_build: Path, tmp_path: Path) -> None:
     iso = amd64_build / "amd64" / "netboot.iso"
-    want = booted_line(amd64_build)
-    start = time.monotonic()
-    line = boot(
-        [*qemu_base(tmp_path), "-drive", f"media=cdrom,readonly=on,format=raw,file={iso}", "-boot", "d"],
-        want,
-        tmp_path / "console.log",
-    )
-    assert want in line, line
-    print(f"netboot.iso (BIOS CD-ROM) reached {want!r} in {time.monotonic() - start:.0f}s")
+    argv = [*qemu_base(), "-drive", f"media=cdrom,readonly=on,format=raw,file={iso}", "-boot", "d"]
+    with QemuConsole(argv, log_path=tmp_path / "console.log") as vm:
+        vm.wait_for(r"diskci: verified sha256", timeout=BOOT_TIMEOUT)
+        vm.wait_for(booted_pattern(amd64_build), timeout=BOOT_TIMEOUT)
+        print(f"netboot.iso (BIOS CD-ROM) booted in {vm.elapsed:.0f}s")
+    assert vm.saw(r"copying /rootfs\.img from /dev/sr0")
 
 
 def test_corrupted_root_partition_is_refused(amd64_build: Path, tmp_path: Path) -> None:
@@ -124,11 +90,9 @@ def test_corrupted_root_partition_is_refused(amd64_build: Path, tmp_path: Path) 
         data = f.read(16)
         f.seek(offset + size // 2)
         f.write(bytes(b ^ 0xFF for b in data))
-    line = boot(
-        [*qemu_base(tmp_path), *uefi(tmp_path), "-drive", f"if=virtio,format=raw,file={disk}"],
-        "diskci: booted",
-        tmp_path / "console.log",
-    )
-    assert "diskci: error sha256_mismatch" in line, line
-    log = (tmp_path / "console.log").read_text()
-    assert "switching root" not in log
+    argv = [*qemu_base(), *uefi(tmp_path), "-drive", f"if=virtio,format=raw,file={disk}"]
+    with QemuConsole(argv, log_path=tmp_path / "console.log") as vm:
+        line = vm.wait_for(r"diskci: (error|booted)", timeout=BOOT_TIMEOUT)
+        assert "diskci: error sha256_mismatch" in line, line
+        assert "not mounting it" in line
+    assert not vm.saw(r"diskci: switching root")

@@ -4,7 +4,7 @@
   bit-identical rootfs.tar; a third build is a cache hit, says so, and is fast.
 - a small arm64 root (kernel + busybox) builds under qemu-user emulation.
 - bad input (a package that does not exist, a full disk, an unreachable mirror, an unknown
-  architecture) ends with a clear error and leaves nothing half-written.
+  architecture) ends with a clear error and leaves nothing half-written; so does an interrupted build.
 """
 
 from __future__ import annotations
@@ -245,3 +245,48 @@ def test_unknown_architecture_and_bad_spec(
     proc = diskci("build", spec, "--stages", "rootfs,nonsense", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "nonsense" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_interrupted_build_leaves_nothing_half_written(tmp_path: Path, source_date_epoch: int) -> None:
+    import os
+    import signal
+    import sys
+
+    spec = small_spec(tmp_path / "s.yaml", "amd64", ["busybox-static"])
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = [
+        sys.executable,
+        "-m",
+        "diskci.cli.main",
+        "build",
+        str(spec),
+        "--stages",
+        "rootfs",
+        "--out",
+        str(out),
+    ]
+    argv += ["--cache", str(cache), "--source-date-epoch", str(source_date_epoch)]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "CI": "true"},
+    )
+    log = out / "amd64" / "logs" / "mmdebstrap.log"
+    deadline = time.monotonic() + 120
+    # interrupt (like ^C in a terminal: the whole process group) once packages are being installed
+    while "installing essential packages" not in (log.read_text() if log.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            "the build never reached its install phase"
+        )
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, output[-2000:]
+    assert leftovers(out) == []
+    entries = list((cache / "rootfs").iterdir()) if (cache / "rootfs").exists() else []
+    assert entries == []

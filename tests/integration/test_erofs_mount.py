@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diskci.build import erofs, fstree
 
@@ -137,3 +139,56 @@ def test_mounted_image_equals_tarball(tmp_path: Path) -> None:
     assert fstree.describe(tree) == {
         k: v for k, v in fstree.describe(fstree.from_directory(src)).items() if k != b"etc/sock"
     }
+
+
+_NAMES = st.binary(min_size=1, max_size=80).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")
+)
+_ENTRY = st.tuples(
+    st.integers(min_value=0, max_value=40),  # parent: index into the directories made so far
+    _NAMES,
+    st.sampled_from(["dir", "file", "file", "link", "dev", "hardlink"]),
+    st.integers(min_value=0, max_value=20000),
+    st.integers(min_value=0, max_value=3),
+    st.dictionaries(
+        st.sampled_from([b"user.a", b"trusted.b", b"security.c"]), st.binary(max_size=200), max_size=2
+    ),
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(_ENTRY, max_size=80), chunked=st.booleans())
+def test_random_trees_mount_equal(tmp_path: Path, entries: list, chunked: bool) -> None:  # type: ignore[type-arg]
+    root = fstree.Node.directory(mtime=1_700_000_000)
+    dirs, files = [root], []
+    for parent_i, name, kind, size, mt, xattrs in entries:
+        parent = dirs[parent_i % len(dirs)]
+        if name in parent.children:  # type: ignore[operator]
+            continue
+        kw = {
+            "mtime": 1_700_000_000 + mt,
+            "mtime_nsec": mt * 333_333_333,
+            "xattrs": xattrs,
+            "gid": mt * 30000,
+        }
+        if kind in ("link", "dev"):  # Linux keeps user.* xattrs to files and directories
+            kw["xattrs"] = {k: v for k, v in xattrs.items() if not k.startswith(b"user.")}
+        if kind == "dir":
+            node = fstree.Node.directory(0o755, **kw)  # type: ignore[arg-type]
+            dirs.append(node)
+        elif kind == "file":
+            node = fstree.Node.file(os.urandom(size), mode=0o640 | mt, **kw)  # type: ignore[arg-type]
+            files.append(node)
+        elif kind == "link":
+            node = fstree.Node.symlink(b"L" * (1 + size % 4000), **kw)  # type: ignore[arg-type]
+        elif kind == "dev":
+            node = fstree.Node(mode=stat.S_IFBLK | 0o600, rdev=os.makedev(mt, size), **kw)  # type: ignore[arg-type]
+        elif files:
+            node = files[size % len(files)]
+        else:
+            continue
+        parent.add(name, node)
+    image = tmp_path / "random.erofs"
+    erofs.build_image(root, image, chunk_bits=12 if chunked else None)
+    with mounted(image, tmp_path / "mnt") as mnt:
+        check_equal(root, mnt)

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -269,7 +270,9 @@ def test_unreachable_registry_is_retried_then_fails(
     tmp_path: Path,
 ) -> None:
     pub = sign_and_push(_build(tmp_path, "3.0.0"), authority, repository)
-    dead = "127.0.0.1:9/ops/disk-images/dead"  # discard port: connection refused
+    with socket.socket() as sock:  # a port nobody listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}/ops/disk-images/dead"
     platform_id = make_platform(platform_db, PLATFORM, dead, authority)
     moved = Published(pub.build_dir, pub.build, pub.push, f"{dead}:3.0.0")
     delivery = deliver(platform_db, platform_id, moved)

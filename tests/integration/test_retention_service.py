@@ -4,6 +4,7 @@ entries, a registry failure left for the next run, and the lock that keeps two s
 
 from __future__ import annotations
 
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -163,12 +164,11 @@ def test_registry_failure_leaves_the_row_for_the_next_run(
     old = publish("p-c", "1", 400)
     publish("p-c", "2", 1)
     live_reference = _row(platform_db, old).reference
-    with platform_db.session() as s:  # the registry is down (connection refused on the discard port)
-        s.execute(
-            update(DiskImagePublication)
-            .where(DiskImagePublication.id == old)
-            .values(reference="127.0.0.1:9/ops/disk-images/p-c:1")
-        )
+    with socket.socket() as sock:  # the registry is down: a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{sock.getsockname()[1]}/ops/disk-images/p-c:1"
+    with platform_db.session() as s:
+        s.execute(update(DiskImagePublication).where(DiskImagePublication.id == old).values(reference=down))
     result = service.sweep()
     assert result.pruned == [] and list(result.failed) == [old]
     assert _row(platform_db, old).status == "published"

@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diskci.build import composefs, fstree
 
@@ -98,3 +100,51 @@ def test_identical_to_mkcomposefs(tmp_path: Path, flags: list[str], whiteout: bo
     ref_objects = sorted(p.relative_to(ref_store).as_posix() for p in ref_store.rglob("*") if p.is_file())
     our_objects = sorted(p.relative_to(our_store).as_posix() for p in our_store.rglob("*") if p.is_file())
     assert ref_objects == our_objects
+
+
+_NAMES = st.text(
+    st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=30
+)
+_ENTRIES = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=30),
+        _NAMES.filter(lambda n: n not in (".", "..")),
+        st.sampled_from(["dir", "file", "file", "file", "link", "fifo"]),
+        st.integers(min_value=0, max_value=9000),
+        st.integers(min_value=0, max_value=3),
+        st.booleans(),
+    ),
+    max_size=50,
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=_ENTRIES, epoch=st.booleans())
+def test_random_trees_identical_to_mkcomposefs(tmp_path: Path, entries: list, epoch: bool) -> None:  # type: ignore[type-arg]
+    base = tmp_path / f"case-{os.urandom(4).hex()}"
+    src = base / "src"
+    src.mkdir(parents=True)
+    dirs = [src]
+    for parent_i, name, kind, size, mt, xattr in entries:
+        path = dirs[parent_i % len(dirs)] / name
+        if len(os.fsencode(name)) > 255 or os.path.lexists(path):
+            continue
+        if kind == "dir":
+            path.mkdir()
+            dirs.append(path)
+        elif kind == "file":
+            path.write_bytes(bytes([size % 256]) * size)
+        elif kind == "link":
+            os.symlink("t" * (1 + size % 300), path)
+        else:
+            os.mkfifo(path)
+        if xattr and kind in ("dir", "file"):
+            with contextlib.suppress(OSError):
+                os.setxattr(path, "user.x", b"%d" % mt)
+        os.utime(path, ns=(0, 1_700_000_000_000_000_000 + mt * 123_456_789), follow_symlinks=False)
+    flags = ["--use-epoch"] if epoch else []
+    assert MKCOMPOSEFS is not None
+    subprocess.run([MKCOMPOSEFS, *flags, str(src), str(base / "ref.cfs")], check=True, capture_output=True)
+    with open(base / "ours.cfs", "wb") as f:
+        composefs.write(fstree.from_directory(src, hardlinks=False), f, use_epoch=epoch)
+    assert (base / "ours.cfs").read_bytes() == (base / "ref.cfs").read_bytes()

@@ -10,6 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from diskci.build import erofs, fstree
 from diskci.build.fstree import Node
@@ -191,3 +193,66 @@ def test_bad_trees_are_refused(tmp_path: Path) -> None:
     with pytest.raises(erofs.ErofsError, match="too long"):
         erofs.build_image(root, tmp_path / "bad.erofs")
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+_NAMES = st.binary(min_size=1, max_size=60).filter(
+    lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b"..")
+)
+_XATTRS = st.dictionaries(
+    st.sampled_from([b"user.a", b"user.bb", b"trusted.t", b"security.selinux", b"user." + b"k" * 100]),
+    st.binary(max_size=300),
+    max_size=3,
+)
+_ENTRIES = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=50),  # parent: index into the directories made so far
+        _NAMES,
+        st.sampled_from(["dir", "file", "file", "file", "link", "fifo", "hardlink"]),
+        st.integers(min_value=0, max_value=12000),  # file size or symlink target length
+        st.integers(min_value=0, max_value=3),  # mtime variant
+        _XATTRS,
+    ),
+    max_size=60,
+)
+
+
+def random_tree(entries: list[tuple[int, bytes, str, int, int, dict[bytes, bytes]]]) -> Node:
+    root = Node.directory(mtime=1_700_000_000)
+    dirs, files = [root], []
+    for parent_i, name, kind, size, mt, xattrs in entries:
+        parent = dirs[parent_i % len(dirs)]
+        if name in parent.children:  # type: ignore[operator]
+            continue
+        common = {"mtime": 1_700_000_000 + mt * 1000, "mtime_nsec": mt * 7, "xattrs": dict(xattrs)}
+        if kind == "dir":
+            node = Node.directory(0o700 + mt, **common)  # type: ignore[arg-type]
+            dirs.append(node)
+        elif kind == "file":
+            node = Node.file(bytes([size % 251]) * size, uid=mt * 40000, **common)  # type: ignore[arg-type]
+            files.append(node)
+        elif kind == "link":
+            node = Node.symlink(b"t" * max(1, size % 4000), **common)  # type: ignore[arg-type]
+        elif kind == "fifo":
+            node = Node(mode=stat.S_IFIFO | 0o644, **common)  # type: ignore[arg-type]
+        elif files:
+            node = files[size % len(files)]
+        else:
+            continue
+        parent.add(name, node)
+    return root
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=_ENTRIES, chunked=st.booleans())
+def test_random_trees_pass_fsck(tmp_path: Path, entries: list, chunked: bool) -> None:  # type: ignore[type-arg]
+    image = tmp_path / "random.erofs"
+    tree = random_tree(entries)
+    erofs.build_image(tree, image, chunk_bits=12 if chunked else None)
+    fsck(image)
+    out = tmp_path / "x"
+    shutil.rmtree(out, ignore_errors=True)
+    fsck(image, out)
+    got = fstree.describe(fstree.from_directory(out), nlink=False)
+    want = fstree.describe(tree, nlink=False)
+    assert sorted(got) == sorted(want)
+    assert all(got[p].get("sha256") == want[p].get("sha256") for p in want)

@@ -142,3 +142,15 @@ def test_emulation_works_on_this_host() -> None:
     """This machine has qemu-user-static and binfmt-support (make setup): arm64 must be runnable."""
     rootfs.ensure_emulation(Architecture.arm64)
     rootfs.ensure_emulation(Architecture.amd64)
+
+
+def test_private_tmpdir_is_removed_but_never_through_a_mount(monkeypatch: pytest.MonkeyPatch) -> None:
+    with rootfs._private_tmpdir() as work:
+        (work / "root" / "etc").mkdir(parents=True)
+    assert not work.exists()
+    # an interrupted mmdebstrap left something mounted inside: the directory must be left alone
+    monkeypatch.setattr(rootfs, "_mount_points", lambda: [Path("/proc"), kept / "root" / "proc"])
+    with rootfs._private_tmpdir() as kept:
+        (kept / "root" / "proc").mkdir(parents=True)
+    assert (kept / "root" / "proc").is_dir()
+    shutil.rmtree(kept)

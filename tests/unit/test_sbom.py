@@ -1,4 +1,8 @@
-"""The SPDX 2.3 SBOM: valid per the official SPDX 2.3 JSON schema, deterministic, one package per deb."""
+"""The SPDX 2.3 SBOM: valid per the official SPDX 2.3 JSON schema, deterministic, one package per deb.
+
+tests/assets/spdx-2.3-schema.json is schemas/spdx-schema.json of github.com/spdx/spdx-spec at tag v2.3
+(commit aadf3b0b8dbbabdb4d880b0fc714255fea436ff7), unchanged.
+"""
 
 from __future__ import annotations
 

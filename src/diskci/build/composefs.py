@@ -199,7 +199,7 @@ class Ingest:
 
     def __init__(self, store: ObjectStore | None = None, threads: int | None = None) -> None:
         self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1))
+        self._pool = ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1))
         self._futures: list[Future[list[tuple[Node, bytes | None, int]]]] = []
         self._seen: set[int] = set()
         self._batch: list[Node] = []

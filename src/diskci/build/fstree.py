@@ -206,7 +206,11 @@ def _read_xattrs(path: str) -> dict[bytes, bytes]:
         raise
     out: dict[bytes, bytes] = {}
     for name in names:
-        out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+        try:
+            out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as exc:  # user.* on a symlink or device is listed but unreadable
+            if exc.errno != 61:
+                raise
     return out
 
 

@@ -10,6 +10,7 @@ is undone at the end. Under qemu-user emulation this is what keeps an arm64 buil
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import re
 import shlex
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from diskci.atomic import atomic_path, write_text
@@ -359,7 +360,12 @@ def build(
     log_path.unlink(missing_ok=True)
     env = {**ctx.env(), "INITRD": "No"}
     env.update({k: os.environ[k] for k in _PASS_ENV if k in os.environ})
-    with atomic_path(tar) as tmp_tar, atomic_path(ctx.arch_dir / ".packages.tsv") as listing:
+    with (
+        _private_tmpdir() as work,
+        atomic_path(tar) as tmp_tar,
+        atomic_path(ctx.arch_dir / ".packages.tsv") as listing,
+    ):
+        env["TMPDIR"] = str(work)  # mmdebstrap's temporary root and keyrings: removed even if it is killed
         argv = mmdebstrap_argv(ctx, mmdebstrap, mirror, files, tmp_tar, listing)
         log_path.write_text(f"$ {shlex.join(argv)}\n")
         try:
@@ -371,6 +377,36 @@ def build(
             raise BuildError(f"mmdebstrap succeeded but the package list of {ctx.arch.value} is empty")
         write_text(packages_json, json.dumps(packages, indent=2) + "\n")
     (ctx.arch_dir / ".packages.tsv").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _private_tmpdir() -> Iterator[Path]:
+    """A temporary directory for one mmdebstrap run, removed afterwards unless something is still
+    mounted below it (an interrupted mmdebstrap may leave /proc or /dev bound into its root: never
+    delete through a mount)."""
+    work = Path(tempfile.mkdtemp(prefix="diskci-mmdebstrap-"))
+    # apt downloads as the unprivileged _apt user, which must reach the chroot (as it does under /tmp);
+    # with a 0700 directory apt falls back to root and the tarball differs (partial/ owned by root)
+    work.chmod(0o755)
+    try:
+        yield work
+    finally:
+        mounts = [m for m in _mount_points() if m == work or work in m.parents]
+        if mounts:
+            log.warning("not removing %s: still mounted below it: %s", work, ", ".join(map(str, mounts)))
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _mount_points() -> list[Path]:
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    # field 5 is the mount point, with spaces etc. octal-escaped
+    return [
+        Path(line.split()[4].encode().decode("unicode_escape")) for line in lines if len(line.split()) > 4
+    ]
 
 
 def parse_dpkg_query(text: str) -> list[sbom.InstalledPackage]:

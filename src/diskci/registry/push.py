@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from diskci.registry.client import BlobSource, Descriptor, RegistryClient, canon
 from diskci.registry.publication import (
     ANNOTATION_BUNDLE_CONTENT,
     ANNOTATION_BUNDLE_PREDICATE,
+    PlannedBlob,
     Publication,
     bundle_files,
     bundle_statement,
@@ -71,8 +73,9 @@ def push_publication(
     *,
     client: RegistryClient | None = None,
     progress: Callable[[str], None] | None = None,
+    parallel: int = 3,
 ) -> PushResult:
-    """Push ``build_dir`` to ``ref`` (its tag defaults to the build's version)."""
+    """Push ``build_dir`` to ``ref`` (its tag defaults to the build's version), ``parallel`` blobs at once."""
     ref = Reference.parse(ref) if isinstance(ref, str) else ref
     pub = plan_publication(build_dir)
     if ref.digest:
@@ -83,14 +86,21 @@ def push_publication(
     result = PushResult(reference=str(ref.with_tag(tag)), digest=pub.index_desc.digest, tag=tag)
     bundles = _bundles_for(pub)
 
-    for i, blob in enumerate(pub.blobs, 1):
+    # blobs in parallel (the registry hashes and stores one upload per connection), biggest first
+    blobs = sorted(pub.blobs, key=lambda b: -b.desc.size)
+
+    def send(blob: PlannedBlob) -> bool:
         name = blob.desc.annotations.get(mt.ANNOTATION_TITLE, blob.desc.media_type)
-        say(f"blob {i}/{len(pub.blobs)} {name} ({blob.desc.size} bytes)")
-        if client.push_blob(blob.desc, blob.source):
-            result.blobs_sent += 1
-            result.bytes_sent += blob.desc.size
-        else:
-            result.blobs_skipped += 1
+        say(f"blob {name} ({blob.desc.size} bytes)")
+        return client.push_blob(blob.desc, blob.source)
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        for blob, sent in zip(blobs, pool.map(send, blobs), strict=True):
+            if sent:
+                result.blobs_sent += 1
+                result.bytes_sent += blob.desc.size
+            else:
+                result.blobs_skipped += 1
     for desc, data in pub.manifests:
         result.manifests.append(client.push_manifest(data, desc.media_type))
     say(f"index {pub.index_desc.digest} → {tag}")

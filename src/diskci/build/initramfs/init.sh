@@ -370,7 +370,9 @@ main() {
 	check_params
 	say "starting (root ${ROOT_URL:-$ROOT})"
 	load_modules
-	if [ "$IP_MODE" = dhcp ]; then
+	# the network is needed for an http(s) root, and wanted for reports; local roots try DHCP once
+	if [ "$IP_MODE" = dhcp ] && { [ "$ROOT_KIND" = http ] || [ -n "$REPORT" ]; }; then
+		[ "$ROOT_KIND" = http ] || DHCP_TRIES=1
 		if ! net_up; then
 			[ "$ROOT_KIND" != http ] || fail network_unavailable "no DHCP lease on any interface after $DHCP_TRIES attempts"
 			say "warning: no network; continuing without it"
