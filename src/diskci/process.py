@@ -7,10 +7,13 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from diskci.errors import ResourceError, ToolError
 
@@ -95,14 +98,18 @@ def run(
             stderr=subprocess.STDOUT,
         ) as popen:
             assert popen.stdout is not None
-            for raw in popen.stdout:
-                if out is not None:
-                    out.write(raw)
-                    out.flush()
-                line = raw.decode(errors="replace").rstrip("\n")
-                tail.append(line)
-                if on_line is not None:
-                    on_line(line)
+            try:
+                for raw in popen.stdout:
+                    if out is not None:
+                        out.write(raw)
+                        out.flush()
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    tail.append(line)
+                    if on_line is not None:
+                        on_line(line)
+            except KeyboardInterrupt:
+                _let_it_clean_up(popen, out)
+                raise
             returncode = popen.wait()
     finally:
         if out is not None:
@@ -110,6 +117,30 @@ def run(
     if check and returncode != 0:
         raise ToolError(tool, args, returncode, "\n".join(tail))
     return subprocess.CompletedProcess(args, returncode, b"", b"")
+
+
+def _let_it_clean_up(popen: subprocess.Popen[bytes], out: IO[bytes] | None) -> None:
+    """After ^C the tool (in our process group) got SIGINT too. Keep reading its output while it
+    cleans up (mmdebstrap unmounts its chroot), or it dies of SIGPIPE half-way; stop it if it lingers."""
+    assert popen.stdout is not None
+    stdout = popen.stdout
+
+    def drain() -> None:
+        for raw in stdout:
+            if out is not None:
+                out.write(raw)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    for sig, wait in ((None, 60.0), (signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        if sig is not None:
+            popen.send_signal(sig)
+        try:
+            popen.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    reader.join(timeout=5)
 
 
 def tool_version(argv: Sequence[str]) -> str:

@@ -288,5 +288,12 @@ def test_interrupted_build_leaves_nothing_half_written(tmp_path: Path, source_da
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, output[-2000:]
     assert leftovers(out) == []
+    # mmdebstrap was given time to clean up: its chroot is unmounted and gone
+    import re
+
+    tempdir = re.search(r"using (\S+) as tempdir", log.read_text())
+    assert tempdir, log.read_text()[-2000:]
+    assert tempdir.group(1) not in Path("/proc/self/mountinfo").read_text()
+    assert not Path(tempdir.group(1)).exists()
     entries = list((cache / "rootfs").iterdir()) if (cache / "rootfs").exists() else []
     assert entries == []

@@ -115,6 +115,13 @@ def test_directory_bundle_tampering(published: tuple[Path, str, Path], tmp_path:
     bundle_path.write_text(json.dumps(doc))
     assert _reason(lambda: verify_publication(build, POLICY, trusted_root=root)) == "signature_invalid"
 
+    doc = json.loads(good)
+    doc["verificationMaterial"]["tlogEntries"][0]["inclusionProof"]["rootHash"] = base64.b64encode(
+        bytes(32)
+    ).decode()
+    bundle_path.write_text(json.dumps(doc))
+    assert _reason(lambda: verify_publication(build, POLICY, trusted_root=root)) == "tlog_invalid"
+
     bundle_path.write_bytes(good)
     (build / "amd64/packages.json").write_text('{"packages": ["evil"]}     ')  # same size, other bytes
     assert _reason(lambda: verify_publication(build, POLICY, trusted_root=root)) == "digest_mismatch"

@@ -269,12 +269,11 @@ def prepare_tree(
     into the store of ``ingest``, which may have read the files already)."""
     unique: dict[int, Node] = {}
     parents: dict[int, Node] = {}
-    for path, node in fstree.walk(root):
+    for _, node in fstree.walk(root):
         unique.setdefault(id(node), node)
         if node.children:
             for child in node.children.values():
                 parents.setdefault(id(child), node)
-        del path
     nodes = list(unique.values())
     version = _format_version(nodes, min_version, max_version)
 

@@ -566,8 +566,15 @@ def write_image(
     )
 
 
-def build_image(root: Node, dest: Path, **options: object) -> ImageInfo:
-    """Write the image of ``root`` to ``dest`` atomically (see :func:`write_image` for ``options``)."""
+def build_image(
+    root: Node,
+    dest: Path,
+    *,
+    header: bytes = b"",
+    metadata_only: bool = False,
+    chunk_bits: int | None = None,
+) -> ImageInfo:
+    """Write the image of ``root`` to ``dest`` atomically (options as for :func:`write_image`)."""
     with atomic_path(dest) as tmp, open(tmp, "wb") as f:
-        info = write_image(root, f, **options)  # type: ignore[arg-type]
+        info = write_image(root, f, header=header, metadata_only=metadata_only, chunk_bits=chunk_bits)
     return info

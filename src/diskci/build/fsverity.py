@@ -9,9 +9,11 @@ Memory is bounded: one pending hash block per tree level.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import struct
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +23,7 @@ DIGEST_SIZE = 32
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
 _ZERO_BLOCK_HASH = hashlib.sha256(_ZERO_BLOCK).digest()
 _READ_SIZE = 1 << 20
-_FILE_READ_SIZE = 4 << 20
+_FILE_READ_SIZE = 8 << 20
 
 
 def _level0(mv: memoryview) -> bytes:
@@ -182,35 +184,52 @@ def digest_bytes(data: bytes) -> bytes:
     return h.digest()
 
 
+def _data_regions(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """(start, end, is_data) covering [0, size): holes found with SEEK_DATA/SEEK_HOLE are not data."""
+    pos = 0
+    while pos < size:
+        try:
+            data_start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # no more data: the rest is a hole
+            data_start = size
+        if data_start > pos:
+            yield pos, min(data_start, size), False
+            pos = data_start
+            continue
+        try:
+            hole = min(os.lseek(fd, pos, os.SEEK_HOLE), size)
+        except OSError:
+            hole = size
+        yield pos, hole, True
+        pos = hole
+
+
 def digest_file(path: str | os.PathLike[str]) -> bytes:
-    """The fs-verity digest of a file; holes in sparse files are hashed without being read."""
+    """The fs-verity digest of a file; holes in sparse files are hashed without being read.
+
+    The file is mapped into memory and hashed on several threads, so page faults and hashing overlap.
+    """
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
         h = FsVerityHasher(parallel=True)
-        buf = bytearray(_FILE_READ_SIZE)
-        view = memoryview(buf)
-        pos = 0
-        while pos < size:
-            try:
-                data_start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # no more data: the rest is a hole
-                data_start = size
-            if data_start > pos:
-                h.update_zeros(data_start - pos)
-                pos = data_start
-                continue
-            try:
-                hole = os.lseek(fd, pos, os.SEEK_HOLE)
-            except OSError:
-                hole = size
-            f.seek(pos)
-            while pos < hole:
-                n = f.readinto(view[: min(len(buf), hole - pos)])
-                if not n:
-                    raise OSError(f"{os.fspath(path)}: file shrank while being read")
-                h.update(view[:n])
-                pos += n
+        try:
+            mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+        except (OSError, ValueError):
+            mapped = None
+        if mapped is not None:
+            with mapped:
+                mapped.madvise(mmap.MADV_SEQUENTIAL)
+                with memoryview(mapped) as view:
+                    for start, end, is_data in _data_regions(fd, size):
+                        if not is_data:
+                            h.update_zeros(end - start)
+                            continue
+                        for off in range(start, end, _FILE_READ_SIZE):
+                            h.update(view[off : min(off + _FILE_READ_SIZE, end)])
+            return h.digest()
+        while chunk := f.read(_FILE_READ_SIZE):  # not mappable (a pipe, a special file)
+            h.update(chunk)
         return h.digest()
 
 

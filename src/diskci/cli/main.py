@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "diskci.cli.build",
     "diskci.cli.fsverity",
     "diskci.cli.composefs",
+    "diskci.cli.netboot",
     "diskci.cli.platform",
     "diskci.cli.publish",
     "diskci.cli.authority",

@@ -44,6 +44,7 @@ ANNOTATION_FSVERITY = "dev.diskci.fsverity-digest"
 ANNOTATION_ARCH = "dev.diskci.architecture"
 ANNOTATION_PLATFORM = "dev.diskci.node-platform"
 ANNOTATION_COMPOSEFS = "dev.diskci.composefs-digest"
+ANNOTATION_PATH = "dev.diskci.path"  # the layer's path in the build directory
 
 # --- sigstore ------------------------------------------------------------------------------------
 SIGSTORE_BUNDLE_V03 = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -51,7 +52,11 @@ SIGSTORE_TRUSTED_ROOT = "application/vnd.dev.sigstore.trustedroot+json;version=0
 IN_TOTO_STATEMENT_V1 = "https://in-toto.io/Statement/v1"
 COSIGN_SIGN_PREDICATE = "https://sigstore.dev/cosign/sign/v1"
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
+IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"  # DSSE payloadType of in-toto statements
+ANNOTATION_BUNDLE_CONTENT = "dev.sigstore.bundle.content"
+ANNOTATION_BUNDLE_PREDICATE = "dev.sigstore.bundle.predicateType"
 
 # --- schema names --------------------------------------------------------------------------------
 BUILD_SCHEMA = "https://diskci.dev/schemas/build/v1"
 WEBHOOK_SCHEMA = "https://diskci.dev/schemas/disk-image-built/v1"
+SLSA_BUILD_TYPE = "https://diskci.dev/build/v1"

@@ -29,7 +29,7 @@ from diskci.errors import BuildError, VerificationFailed
 from diskci.registry import mediatypes as mt
 from diskci.registry.client import BlobSource, Descriptor, canonical_json, sha256_digest
 
-ANNOTATION_PATH = "dev.diskci.path"
+ANNOTATION_PATH = mt.ANNOTATION_PATH
 OCI_FAMILY_DIR = "oci"
 _OCI_ARCH = {"amd64": "amd64", "arm64": "arm64", "x86_64": "amd64", "aarch64": "arm64"}
 
@@ -193,8 +193,8 @@ def _family_images(family: _OciFamily, add_blob: Any) -> list[tuple[Descriptor, 
 SIGNATURES_DIR = "signatures"
 PUBLICATION_BUNDLE = "publication.sigstore.json"
 PROVENANCE_BUNDLE = "provenance.sigstore.json"
-ANNOTATION_BUNDLE_CONTENT = "dev.sigstore.bundle.content"
-ANNOTATION_BUNDLE_PREDICATE = "dev.sigstore.bundle.predicateType"
+ANNOTATION_BUNDLE_CONTENT = mt.ANNOTATION_BUNDLE_CONTENT
+ANNOTATION_BUNDLE_PREDICATE = mt.ANNOTATION_BUNDLE_PREDICATE
 
 
 def bundle_files(directory: Path) -> list[Path]:

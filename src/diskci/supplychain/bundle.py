@@ -71,8 +71,8 @@ __all__ = [
     "verify_publication",
 ]
 
-IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
-BUILD_TYPE = "https://diskci.dev/build/v1"
+IN_TOTO_PAYLOAD_TYPE = mt.IN_TOTO_PAYLOAD_TYPE
+BUILD_TYPE = mt.SLSA_BUILD_TYPE
 
 
 class SigningBackend(Protocol):
