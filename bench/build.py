@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 EPOCH = 1764000000
 COLD_RATIO_GOAL = 1.6
 WARM_GOAL_S = 60.0
-STAGE_DONE = re.compile(r"INFO (\w+) \[(\w+)\] done \(([\d.]+)s\)")
+STAGE_DONE = re.compile(r"INFO (\w+) [(\[](\w+)[)\]] done \(([\d.]+)s\)")
 
 
 def plain_mmdebstrap(spec_path: Path, work: Path) -> float:

@@ -78,6 +78,14 @@ def _server_message(resp: httpx.Response) -> str:
     return json.dumps(data)[:500]
 
 
+def _error_name(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return ""
+    return str(data.get("error", "")) if isinstance(data, dict) else ""
+
+
 def send_notification(
     url: str,
     secret: bytes,
@@ -110,6 +118,12 @@ def send_notification(
             else:
                 if resp.status_code < 300:
                     log.info("webhook delivered (%s, HTTP %d)", delivery_id, resp.status_code)
+                    return Delivery(delivery_id, resp.status_code, attempt, resp.text[:2000])
+                if resp.status_code == 409 and attempt > 1 and _error_name(resp) == "ReplayedDelivery":
+                    # An earlier attempt was accepted but its answer was lost: it is delivered.
+                    log.info(
+                        "webhook already delivered (%s, answer to attempt %d lost)", delivery_id, attempt - 1
+                    )
                     return Delivery(delivery_id, resp.status_code, attempt, resp.text[:2000])
                 if 400 <= resp.status_code < 500:
                     raise NotifyError(

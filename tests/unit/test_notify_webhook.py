@@ -94,6 +94,20 @@ def test_client_error_fails_at_once_with_server_message(hook_factory: Any) -> No
     assert len(hook.requests) == 1
 
 
+def test_replay_refusal_after_a_lost_answer_counts_as_delivered(hook_factory: Any) -> None:
+    # The first attempt reached the platform but its answer was lost (502 from a proxy); the retry
+    # carries the same delivery id and is refused as a replay: the notification was delivered.
+    hook = hook_factory([(502, {}), (409, {"error": "ReplayedDelivery", "detail": "seen"})])
+    delivery = send_notification(hook.url, SECRET, PAYLOAD, backoff=0.01)
+    assert delivery.status == 409 and delivery.attempts == 2
+
+
+def test_replay_refusal_on_the_first_attempt_is_an_error(hook_factory: Any) -> None:
+    hook = hook_factory([(409, {"error": "ReplayedDelivery", "detail": "delivery id already used"})])
+    with pytest.raises(NotifyError, match="HTTP 409"):
+        send_notification(hook.url, SECRET, PAYLOAD, backoff=0.01)
+
+
 def test_server_errors_and_connection_errors_give_up(hook_factory: Any) -> None:
     hook = hook_factory([(500, {"detail": "db down"})])
     with pytest.raises(NotifyError, match=r"after 3 attempts.*db down"):

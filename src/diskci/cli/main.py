@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "diskci.cli.platform",
     "diskci.cli.publish",
     "diskci.cli.authority",
+    "diskci.cli.demo",
 )
 
 app = typer.Typer(
