@@ -228,7 +228,10 @@ def digest_file(path: str | os.PathLike[str]) -> bytes:
                         for off in range(start, end, _FILE_READ_SIZE):
                             h.update(view[off : min(off + _FILE_READ_SIZE, end)])
             return h.digest()
-        while chunk := f.read(_FILE_READ_SIZE):  # not mappable (a pipe, a special file)
+        while h.size < size:  # not mappable: read what its size says, like fsverity digest
+            chunk = f.read(min(_FILE_READ_SIZE, size - h.size))
+            if not chunk:
+                raise OSError(f"{os.fspath(path)}: file shrank while being read")
             h.update(chunk)
         return h.digest()
 
