@@ -82,8 +82,7 @@ def run(
         )
         if check and proc.returncode != 0:
             text = (proc.stderr or proc.stdout or b"").decode(errors="replace")
-            tail = "\n".join(text.splitlines()[-tail_lines:])
-            raise ToolError(tool, args, proc.returncode, tail)
+            raise ToolError(tool, args, proc.returncode, "\n".join(text.splitlines()[-tail_lines:]))
         return proc
 
     tail: deque[str] = deque(maxlen=tail_lines)

@@ -112,7 +112,7 @@ class PlatformSpec(BaseModel):
     )
     packages: tuple[PackageName, ...] = ()
     arch_packages: dict[Architecture, tuple[PackageName, ...]] = Field(default_factory=dict)
-    kernel_package: dict[Architecture, PackageName] = ...
+    kernel_package: dict[Architecture, PackageName]
     exclude_paths: tuple[str, ...] = DEFAULT_EXCLUDES
     include_paths: tuple[str, ...] = DEFAULT_INCLUDES
     kernel_cmdline: str = "console=ttyS0 quiet"

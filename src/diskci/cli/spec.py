@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -22,7 +23,7 @@ def validate(
 
     Example: [bold]diskci spec validate platforms/debian-12-amd64.yaml[/]
     """
-    results = []
+    results: list[dict[str, Any]] = []
     for f in files:
         try:
             load_spec(f)
