@@ -1,5 +1,6 @@
-"""Helpers for QEMU boot tests: a QEMU process whose serial console is read line by line, and an HTTP
-server on 127.0.0.1 serving a directory (the guest reaches it as 10.0.2.2 through user-mode networking).
+"""Helpers for QEMU boot tests: the QEMU console runner (``diskci.qemu``, shared with ``diskci demo``)
+and an HTTP server on 127.0.0.1 serving a directory (the guest reaches it as 10.0.2.2 through
+user-mode networking).
 
 Both are context managers. ``QemuConsole.wait_for`` fails with the last 60 console lines, so a boot that
 goes wrong shows where it stopped.
@@ -9,110 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import re
-import subprocess
 import threading
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-TAIL_LINES = 60
+from diskci.qemu import TAIL_LINES, QemuConsole
 
-
-class QemuConsole:
-    """``with QemuConsole(argv) as vm: vm.wait_for(r"diskci: booted", timeout=120)``."""
-
-    def __init__(self, argv: Sequence[str], *, log_path: Path | None = None) -> None:
-        self.argv = list(argv)
-        self.log_path = log_path
-        self.lines: list[str] = []
-        self.started = 0.0
-        self._cond = threading.Condition()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._eof = False
-
-    def __enter__(self) -> QemuConsole:
-        self.started = time.monotonic()
-        self._proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        log = open(self.log_path, "w") if self.log_path else None  # noqa: SIM115
-        try:
-            for raw in self._proc.stdout:
-                line = raw.decode(errors="replace").replace("\r", "").rstrip("\n")
-                if log:
-                    log.write(line + "\n")
-                    log.flush()
-                with self._cond:
-                    self.lines.append(line)
-                    self._cond.notify_all()
-        finally:
-            if log:
-                log.close()
-            with self._cond:
-                self._eof = True
-                self._cond.notify_all()
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def tail(self, n: int = TAIL_LINES) -> str:
-        with self._cond:
-            return "\n".join(self.lines[-n:])
-
-    def saw(self, pattern: str) -> bool:
-        rx = re.compile(pattern)
-        with self._cond:
-            return any(rx.search(line) for line in self.lines)
-
-    def wait_for(self, pattern: str, *, timeout: float) -> str:
-        """The first console line matching ``pattern``; AssertionError (with the console tail) when the
-        line does not come within ``timeout`` seconds or QEMU exits first."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    if rx.search(line):
-                        return line
-                seen = len(self.lines)
-                left = deadline - time.monotonic()
-                if self._eof or left <= 0:
-                    why = "QEMU exited" if self._eof else f"no match within {timeout:.0f}s"
-                    raise AssertionError(
-                        f"{why} waiting for /{pattern}/ after {self.elapsed:.1f}s; "
-                        f"last {TAIL_LINES} console lines:\n" + "\n".join(self.lines[-TAIL_LINES:])
-                    )
-                self._cond.wait(min(left, 1.0))
-
-    def stop(self) -> None:
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._reader is not None:
-            self._reader.join(timeout=10)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+__all__ = ["TAIL_LINES", "QemuConsole", "serve_directory"]
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import lzma
 import shutil
 import subprocess
@@ -190,10 +191,51 @@ def test_root_image_filter_excludes_boot_and_docs_but_keeps_copyright() -> None:
 
 def test_marker_unit_prints_the_boot_line() -> None:
     unit = rootimage.marker_unit("debian-12-amd64", "2026.11.0")
-    assert 'echo "diskci: booted debian-12-amd64 2026.11.0" >/dev/console' in unit
+    assert f"ExecStart=/{rootimage.MARKER_SCRIPT}" in unit
     assert "After=multi-user.target" in unit and "WantedBy=multi-user.target" in unit
+    script = rootimage.marker_script("debian-12-amd64", "2026.11.0")
+    assert 'echo "diskci: booted debian-12-amd64 2026.11.0" >/dev/console' in script
     with pytest.raises(BuildError, match="may only hold"):
         rootimage.marker_unit("x; reboot", "1")
+    with pytest.raises(BuildError, match="may only hold"):
+        rootimage.marker_script("debian-12", "1 $(reboot)")
+
+
+def test_marker_script_reports_booted_to_the_platform(tmp_path: Path) -> None:
+    """Run the script with busybox sh against a fake /proc/cmdline and a local HTTP receiver."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    busybox = shutil.which("busybox")
+    assert busybox, "busybox-static is installed by make setup"
+    bodies: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.handle_request, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api/v1/netboot/report?publication=3"
+    script = rootimage.marker_script("debian-12-amd64", "2026.11.0")
+    # the same script, reading a fake command line and writing the console to a file
+    script = script.replace("/proc/cmdline", str(tmp_path / "cmdline")).replace(
+        "/dev/console", str(tmp_path / "console")
+    )
+    (tmp_path / "cmdline").write_text(f"console=ttyS0 diskci.report={url} ip=dhcp\n")
+    (tmp_path / "booted").write_text(script)
+    env = {"PATH": f"{Path(busybox).parent}:/usr/bin:/bin"}
+    subprocess.run([busybox, "sh", str(tmp_path / "booted")], check=True, env=env, timeout=30)
+    server.server_close()
+    assert (tmp_path / "console").read_text().startswith("diskci: booted debian-12-amd64 2026.11.0")
+    assert len(bodies) == 1
+    report = json.loads(bodies[0])
+    assert report["event"] == "booted" and report["version"] == "2026.11.0"
 
 
 def test_root_image_is_a_squashfs_without_boot(ctx: BuildContext, tmp_path: Path) -> None:
