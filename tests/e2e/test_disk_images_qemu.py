@@ -1,8 +1,9 @@
-"""Boot the disk images of a real amd64 build under QEMU (TCG) until the booted system says so.
+"""Boot the disk images of real builds under QEMU (TCG) until the booted system says so.
 
 - disk.qcow2 under OVMF (UEFI): systemd-boot -> kernel + initramfs -> root from the diskci-root partition.
 - netboot.iso as a CD-ROM under SeaBIOS: GRUB El Torito -> kernel + initramfs -> root from the CD.
 - a copy of disk.raw with bytes flipped inside its diskci-root partition: the initramfs refuses it.
+- arm64 disk.raw under AAVMF (UEFI), systemd-boot taken from the arm64 root.
 """
 
 from __future__ import annotations
@@ -96,3 +97,23 @@ def test_corrupted_root_partition_is_refused(amd64_build: Path, tmp_path: Path) 
         assert "diskci: error sha256_mismatch" in line, line
         assert "not mounting it" in line
     assert not vm.saw(r"diskci: switching root")
+
+
+def test_arm64_disk_raw_boots_under_aavmf(arm64_build: Path, tmp_path: Path) -> None:
+    """arm64 UEFI: AAVMF -> systemd-boot from the arm64 root (systemd-boot-efi) -> kernel -> root."""
+    disk = arm64_build / "arm64" / "disk.raw"
+    vars_copy = tmp_path / "AAVMF_VARS.fd"
+    shutil.copyfile("/usr/share/AAVMF/AAVMF_VARS.fd", vars_copy)
+    argv = [
+        "qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-accel", "tcg", "-m", "1024", "-smp", "1",
+        "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+        "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/AAVMF/AAVMF_CODE.fd",
+        "-drive", f"if=pflash,format=raw,file={vars_copy}",
+        "-drive", f"if=virtio,format=raw,file={disk},snapshot=on",
+        "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
+    ]  # fmt: skip
+    with QemuConsole(argv, log_path=tmp_path / "console.log") as vm:
+        vm.wait_for(r"diskci: verified sha256", timeout=300)
+        vm.wait_for(booted_pattern(arm64_build), timeout=300)
+        print(f"arm64 disk.raw (UEFI) booted in {vm.elapsed:.0f}s")
+    assert vm.saw(r"partlabel diskci-root")

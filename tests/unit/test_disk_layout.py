@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from diskci.build.artifacts import esp, raw
-from diskci.errors import BuildError
+from diskci.errors import BuildError, ToolError
 from diskci.process import run
 
 EPOCH = 1764000000
@@ -94,3 +94,18 @@ def test_fat_image_is_reproducible_and_readable(tmp_path: Path) -> None:
     assert out == kernel.read_bytes()
     blkid = subprocess.run(["blkid", tmp_path / "a.img"], capture_output=True, text=True, check=True).stdout
     assert 'UUID="9A3C-0F12"' in blkid and 'LABEL="DISKCI-EFI"' in blkid
+
+
+def test_a_failing_tool_is_named_with_its_output(tmp_path: Path) -> None:
+    with pytest.raises(ToolError) as info:
+        esp.make_fat(
+            tmp_path / "x.img",
+            {},
+            size=8 * esp.MIB,
+            label="X",
+            serial="zzzz",
+            source_date_epoch=EPOCH,
+            fat32=False,
+        )
+    assert info.value.tool == "mlabel"
+    assert "not a valid serial number" in info.value.diagnostics()

@@ -12,9 +12,7 @@ import hashlib
 import mmap
 import os
 import struct
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
@@ -32,29 +30,10 @@ def _level0(mv: memoryview) -> bytes:
     return b"".join([sha(mv[off : off + BLOCK_SIZE]).digest() for off in range(0, len(mv), BLOCK_SIZE)])
 
 
-_WORKERS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-_PARALLEL_MIN = 256 * 1024
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _level0_parallel(mv: memoryview) -> bytes:
-    global _pool
-    if _WORKERS == 1 or len(mv) < _PARALLEL_MIN:
-        return _level0(mv)
-    with _pool_lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="fsverity")
-    step = -(-len(mv) // _WORKERS // BLOCK_SIZE) * BLOCK_SIZE
-    return b"".join(_pool.map(_level0, [mv[off : off + step] for off in range(0, len(mv), step)]))
-
-
 class FsVerityHasher:
     """Incremental fs-verity digest: ``update()`` with data, then ``digest()``/``hexdigest()``."""
 
-    def __init__(self, *, parallel: bool = False) -> None:
-        """``parallel``: hash large updates on several threads (hashlib releases the GIL)."""
-        self._parallel = parallel
+    def __init__(self) -> None:
         self._size = 0
         self._partial = b""
         # levels[i]: hashes (concatenated) of level i waiting to fill one block of level i+1
@@ -79,8 +58,7 @@ class FsVerityHasher:
         full = len(mv) - len(mv) % BLOCK_SIZE
         if full:
             whole = mv[:full]
-            hashes = _level0_parallel(whole) if self._parallel else _level0(whole)
-            self._push_many(0, hashes)
+            self._push_many(0, _level0(whole))
         if full < len(mv):
             self._partial = bytes(mv[full:])
 
@@ -207,26 +185,25 @@ def _data_regions(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
 def digest_file(path: str | os.PathLike[str]) -> bytes:
     """The fs-verity digest of a file; holes in sparse files are hashed without being read.
 
-    The file is mapped into memory and hashed on several threads, so page faults and hashing overlap.
+    The file is mapped into memory and hashed from there (no copies); measured here this is a little
+    faster than ``fsverity digest``, and faster than hashing on two threads, which fight over the GIL.
     """
     with open(path, "rb", buffering=0) as f:
         fd = f.fileno()
         size = os.fstat(fd).st_size
-        h = FsVerityHasher(parallel=True)
+        h = FsVerityHasher()
         try:
             mapped = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
         except (OSError, ValueError):
             mapped = None
         if mapped is not None:
-            with mapped:
-                mapped.madvise(mmap.MADV_SEQUENTIAL)
-                with memoryview(mapped) as view:
-                    for start, end, is_data in _data_regions(fd, size):
-                        if not is_data:
-                            h.update_zeros(end - start)
-                            continue
-                        for off in range(start, end, _FILE_READ_SIZE):
-                            h.update(view[off : min(off + _FILE_READ_SIZE, end)])
+            with mapped, memoryview(mapped) as view:
+                for start, end, is_data in _data_regions(fd, size):
+                    if not is_data:
+                        h.update_zeros(end - start)
+                        continue
+                    for off in range(start, end, _FILE_READ_SIZE):
+                        h.update(view[off : min(off + _FILE_READ_SIZE, end)])
             return h.digest()
         while h.size < size:  # not mappable: read what its size says, like fsverity digest
             chunk = f.read(min(_FILE_READ_SIZE, size - h.size))
