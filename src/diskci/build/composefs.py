@@ -31,7 +31,13 @@ from diskci.build import erofs, fstree
 from diskci.build.fstree import Node
 from diskci.build.fsverity import FsVerityHasher
 from diskci.errors import BuildError, FormatError, UsageError
-from diskci.registry.mediatypes import ANNOTATION_ARCH, ANNOTATION_COMPOSEFS, COMPOSEFS_IMAGE
+from diskci.registry.mediatypes import (
+    ANNOTATION_ARCH,
+    ANNOTATION_COMPOSEFS,
+    ANNOTATION_COMPOSEFS_FORMAT,
+    ANNOTATION_COMPOSEFS_OBJECTS,
+    COMPOSEFS_IMAGE,
+)
 
 if TYPE_CHECKING:
     from diskci.build.pipeline import BuildContext
@@ -432,8 +438,8 @@ def stage(ctx: BuildContext) -> None:
         annotations={
             ANNOTATION_COMPOSEFS: result.digest,
             ANNOTATION_ARCH: ctx.arch.value,
-            "dev.diskci.composefs.format-version": str(result.format_version),
-            "dev.diskci.composefs.objects": str(result.objects),
+            ANNOTATION_COMPOSEFS_FORMAT: str(result.format_version),
+            ANNOTATION_COMPOSEFS_OBJECTS: str(result.objects),
         },
     )
     if artifact.fsverity != result.digest:

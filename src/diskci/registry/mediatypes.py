@@ -44,6 +44,8 @@ ANNOTATION_FSVERITY = "dev.diskci.fsverity-digest"
 ANNOTATION_ARCH = "dev.diskci.architecture"
 ANNOTATION_PLATFORM = "dev.diskci.node-platform"
 ANNOTATION_COMPOSEFS = "dev.diskci.composefs-digest"
+ANNOTATION_COMPOSEFS_FORMAT = "dev.diskci.composefs-format-version"
+ANNOTATION_COMPOSEFS_OBJECTS = "dev.diskci.composefs-objects"
 ANNOTATION_PATH = "dev.diskci.path"  # the layer's path in the build directory
 
 # --- sigstore ------------------------------------------------------------------------------------

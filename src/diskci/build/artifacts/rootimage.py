@@ -1,19 +1,25 @@
 """The root image: ``<arch>/rootfs.img``, the root filesystem as a compressed read-only squashfs.
 
-Made from ``<arch>/rootfs.tar`` without extracting it (no root privileges, no device nodes on the host):
-the tarball is filtered in Python (without /boot and the kernel links beside it, without the spec's
-``exclude_paths`` except its ``include_paths``) plus the boot marker unit, and piped into ``sqfstar``
-(squashfs-tools >= 4.5) with zstd, SOURCE_DATE_EPOCH as the creation time and every file time, and
-its reproducible ordering. The marker unit prints ``diskci: booted <platform> <version>`` on the console
-once multi-user.target is reached. docs/artifacts.md explains why squashfs rather than EROFS.
+Made from ``<arch>/rootfs.tar``: the tarball is filtered in Python (without /boot and the kernel links
+beside it, without the spec's ``exclude_paths`` except its ``include_paths``) plus the boot marker unit,
+unpacked as root into a temporary tree (GNU tar keeps owners, devices, hard links and xattrs), and
+written by ``mksquashfs`` with zstd level 3, SOURCE_DATE_EPOCH as the creation time and every file
+time, and its reproducible ordering. (``sqfstar`` would read the tar directly, but Debian 12's 4.5.1
+cannot take compressor options, and its default zstd level 15 made this stage 20 times slower.)
+The marker unit prints ``diskci: booted <platform> <version>`` on the console once multi-user.target
+is reached (and reports ``booted`` to the platform).
+docs/artifacts.md explains why squashfs rather than EROFS.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import io
+import os
 import tarfile
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 from diskci.atomic import atomic_path
 from diskci.build.artifacts.rootfs_tar import member_path, rootfs_tar_path
@@ -27,7 +33,12 @@ UNIT_DIR = "etc/systemd/system"
 WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
 # Never in the root image: the kernel and its boot files travel as their own artifacts.
 ALWAYS_EXCLUDED = ("/boot", "/boot/*", "/vmlinuz", "/vmlinuz.old", "/initrd.img", "/initrd.img.old")
-SQFSTAR_ARGS = ("-comp", "zstd", "-b", "128K", "-no-progress", "-quiet")
+# zstd level 3: 16 % larger than squashfs-tools' default level 15, ~20x faster to build (2 cores).
+# (Debian 12's sqfstar 4.5.1 cannot take compressor options, so the tree goes through mksquashfs.)
+MKSQUASHFS_ARGS = (
+    "-comp", "zstd", "-Xcompression-level", "3", "-b", "128K",
+    "-noappend", "-no-progress", "-quiet", "-no-recovery", "-processors", "2",
+)  # fmt: skip
 
 
 MARKER_SCRIPT = "usr/lib/diskci/booted"
@@ -153,7 +164,10 @@ def filtered_tar(source: tarfile.TarFile, keep: set[str], extra: dict[str, bytes
 
 
 def stage(ctx: BuildContext) -> None:
-    sqfstar = require_tool("sqfstar", "squashfs-tools")
+    mksquashfs = require_tool("mksquashfs", "squashfs-tools")
+    tar = require_tool("tar", "tar")
+    if os.geteuid() != 0:
+        raise BuildError("the rootimage stage runs as root (it unpacks device nodes and owners)")
     src = rootfs_tar_path(ctx.arch_dir)
     dest = ctx.arch_dir / "rootfs.img"
     epoch = str(ctx.source_date_epoch)
@@ -173,11 +187,19 @@ def stage(ctx: BuildContext) -> None:
             stream = filtered_tar(source, keep, extra, mtime=ctx.source_date_epoch)
     except tarfile.TarError as exc:
         raise FormatError(f"{src}: not a readable tar archive: {exc}") from exc
-    ctx.report(f"sqfstar ({len(stream) >> 20} MiB of tar)")
-    with atomic_path(dest) as tmp:
-        tmp.unlink()
-        argv = [sqfstar, *SQFSTAR_ARGS, "-mkfs-time", epoch, "-all-time", epoch, "-exit-on-error", str(tmp)]
-        run(argv, input=stream)
-    del stream
-    ctx.tool("sqfstar", tool_version([sqfstar, "-version"]))
+    ctx.report(f"unpacking {len(stream) >> 20} MiB of tar for mksquashfs")
+    with tempfile.TemporaryDirectory(prefix=".rootimage-", dir=ctx.arch_dir) as tree_name:
+        tree = Path(tree_name)
+        # GNU tar as root restores owners, modes, devices, hard links and xattrs exactly.
+        run([tar, "-x", "-p", "--same-owner", "--numeric-owner", "--xattrs", "--xattrs-include=*",
+             "-C", str(tree), "-f", "-"], input=stream)  # fmt: skip
+        del stream
+        os.chown(tree, 0, 0)
+        tree.chmod(0o755)
+        ctx.report("mksquashfs (zstd)")
+        with atomic_path(dest) as tmp:
+            tmp.unlink()
+            times = ("-mkfs-time", epoch, "-all-time", epoch)
+            run([mksquashfs, str(tree), str(tmp), *MKSQUASHFS_ARGS, *times])
+    ctx.tool("mksquashfs", tool_version([mksquashfs, "-version"]))
     ctx.add_artifact(dest, ROOT_IMAGE, with_fsverity=True)
