@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Iterable
 
 import typer
 
@@ -12,27 +13,20 @@ from diskci import __version__
 from diskci.console import setup_logging, stderr
 from diskci.errors import DiskciError
 
-# Each module has ``register(app)``; the order is the order of ``diskci --help``.
-COMMAND_MODULES = (
-    "diskci.cli.spec",
-    "diskci.cli.build",
-    "diskci.cli.fsverity",
-    "diskci.cli.composefs",
-    "diskci.cli.netboot",
-    "diskci.cli.platform",
-    "diskci.cli.publish",
-    "diskci.cli.authority",
-    "diskci.cli.demo",
-)
-
-app = typer.Typer(
-    name="diskci",
-    help="Disk image CI: build, sign, publish and netboot reproducible Debian/Ubuntu node images.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+# Each module has ``register(app)``, with the top-level command names it adds; the order is the order
+# of ``diskci --help``. ``main()`` imports only the module of the command being run, so a command does
+# not pay for the others' imports (the platform group loads SQLAlchemy).
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "diskci.cli.spec": ("spec",),
+    "diskci.cli.build": ("build",),
+    "diskci.cli.fsverity": ("fsverity",),
+    "diskci.cli.composefs": ("composefs",),
+    "diskci.cli.netboot": ("netboot",),
+    "diskci.cli.platform": ("platform",),
+    "diskci.cli.publish": ("sign", "verify", "push", "pull", "notify", "publish"),
+    "diskci.cli.authority": ("authority",),
+    "diskci.cli.demo": ("demo",),
+}
 
 
 def _version(value: bool) -> None:
@@ -41,7 +35,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail."),
     version: bool = typer.Option(
@@ -51,13 +44,47 @@ def _root(
     setup_logging(verbose)
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(_name).register(app)
+def build_app(modules: Iterable[str] = COMMAND_MODULES) -> typer.Typer:
+    """The typer app with the command groups of ``modules`` (all of them by default)."""
+    application = typer.Typer(
+        name="diskci",
+        help="Disk image CI: build, sign, publish and netboot reproducible Debian/Ubuntu node images.",
+        no_args_is_help=True,
+        rich_markup_mode="rich",
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    application.callback()(_root)
+    for name in modules:
+        importlib.import_module(name).register(application)
+    return application
+
+
+def _module_for(argv: list[str]) -> str | None:
+    """The command module of the first command word in ``argv`` (None: help, version, unknown)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words:
+        return None
+    for module, commands in COMMAND_MODULES.items():
+        if words[0] in commands:
+            return module
+    return None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    # ``from diskci.cli.main import app``: the whole app (documentation, tests).
+    if name == "app":
+        application = build_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)
 
 
 def main() -> None:
+    module = _module_for(sys.argv[1:])
+    application = build_app([module]) if module else build_app()
     try:
-        app(standalone_mode=True)
+        application(standalone_mode=True)
     except DiskciError as exc:
         stderr.print(f"[bold red]error:[/] {exc.diagnostics()}", markup=True, highlight=False)
         sys.exit(exc.exit_code)
