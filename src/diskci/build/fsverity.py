@@ -94,16 +94,7 @@ class FsVerityHasher:
             level += 1
 
     def _push(self, level: int, h: bytes) -> None:
-        while True:
-            if level == len(self._levels):
-                self._levels.append(bytearray())
-            buf = self._levels[level]
-            buf += h
-            if len(buf) < BLOCK_SIZE:
-                return
-            h = hashlib.sha256(buf).digest()
-            buf.clear()
-            level += 1
+        _push_into(self._levels, level, h)
 
     def _root_hash(self) -> bytes:
         if self._size == 0:
