@@ -56,7 +56,8 @@ INIT_APPLETS = frozenset(
     )
 )
 DEPMOD_FILES = ("modules.dep", "modules.alias", "modules.builtin", "modules.order", "modules.softdep")
-ZSTD_ARGS = ("-19", "--single-thread", "--no-progress", "-q", "-c")
+# level 12: 2.2 MB in 0.3 s; level 19 saved 0.2 MB for 2.5 s of every build
+ZSTD_ARGS = ("-12", "--single-thread", "--no-progress", "-q", "-c")
 _APPLET_TABLE = re.compile(rb"(?:[a-z0-9\[\]_.-]{1,32}\x00){40,}")
 _MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.gz|\.zst)?$")
 
@@ -260,7 +261,7 @@ def build_archive(root: RootfsTarball, *, mtime: int) -> tuple[CpioArchive, str,
 
 
 def compress(data: bytes) -> bytes:
-    """zstd with fixed parameters: level 19, single-threaded (the same bytes on every machine)."""
+    """zstd with fixed parameters: level 12, single-threaded (the same bytes on every machine)."""
     zstd = require_tool("zstd", "zstd")
     return run([zstd, *ZSTD_ARGS], input=data).stdout
 
