@@ -16,24 +16,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mount_support import mount_unavailable
 
 from diskci.build import erofs, fstree
 
 pytestmark = pytest.mark.root
 
 
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to loop-mount images"
-    if not Path("/dev/loop-control").exists():
-        return "no loop devices (/dev/loop-control missing)"
-    fs = Path("/proc/filesystems").read_text()
-    if "erofs" not in fs and not any(Path("/lib/modules").glob(f"{os.uname().release}/**/erofs.ko*")):
-        return "the kernel has no erofs support"
-    return None
-
-
-REASON = _why_not()
+REASON = mount_unavailable("erofs")
 if REASON:
     pytestmark = [pytest.mark.root, pytest.mark.skip(reason=REASON)]  # type: ignore[list-item]
 

@@ -66,6 +66,7 @@ _REF = typer.Option("", "--source-ref", envvar="GITHUB_REF", help="Git ref built
 _COMMIT = typer.Option("", "--source-commit", envvar="GITHUB_SHA", help="Commit built.")
 _RUN = typer.Option("", "--run-id", envvar="GITHUB_RUN_ID", help="CI run id.")
 _JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+_CRITICAL = typer.Option(False, "--critical", help="Mark as a security-critical update.")
 
 
 def _sign(
@@ -235,7 +236,7 @@ def notify(
     source_ref: str = _REF,
     source_commit: str = _COMMIT,
     run_id: str = _RUN,
-    critical: bool = typer.Option(False, "--critical", help="Mark as a security-critical update."),
+    critical: bool = _CRITICAL,
     json_out: bool = _JSON,
 ) -> None:
     """POST the HMAC-signed disk_image_built webhook for a pushed publication (retries 5xx; 4xx fails).
@@ -269,7 +270,7 @@ def publish(
     source_ref: str = _REF,
     source_commit: str = _COMMIT,
     run_id: str = _RUN,
-    critical: bool = typer.Option(False, "--critical", help="Mark as a security-critical update."),
+    critical: bool = _CRITICAL,
     json_out: bool = _JSON,
 ) -> None:
     """Sign, push and notify in one step (what a CI workflow's last step runs).

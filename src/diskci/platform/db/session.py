@@ -168,3 +168,8 @@ def read_scope(database: Database | None = None) -> Iterator[Session]:
     """A read-only session on the given or process-wide database."""
     with (database or get_database()).read_session() as session:
         yield session
+
+
+def rowcount(result: Any) -> int:
+    """Rows an UPDATE or DELETE matched (``Session.execute`` is typed as returning a plain Result)."""
+    return int(result.rowcount)

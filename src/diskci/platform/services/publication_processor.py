@@ -48,18 +48,13 @@ from diskci.platform.db.models import (
     PublicationStatus,
     WebhookDelivery,
 )
-from diskci.platform.db.session import Database
+from diskci.platform.db.session import Database, rowcount
 from diskci.platform.services.blobcache import BlobCache
 from diskci.registry import mediatypes as mt
 from diskci.registry.client import Descriptor, RegistryClient, open_registry, parse_manifest
 from diskci.registry.reference import Reference
 
 log = logging.getLogger(__name__)
-
-
-def _rowcount(result: Any) -> int:
-    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain Result)."""
-    return int(result.rowcount)
 
 
 AUTHORITY_DIR = "authority"  # under the state directory: the embedded signing authority
@@ -266,7 +261,7 @@ class DiskImagePublicationProcessor:
         # processing, or from failed (a concurrent worker's failure loses to a complete verification).
         now = datetime.now(UTC)
         with self.database.session() as s:
-            changed = _rowcount(
+            changed = rowcount(
                 s.execute(
                     update(DiskImagePublication)
                     .where(
@@ -313,7 +308,7 @@ class DiskImagePublicationProcessor:
     def _fail(self, pub_id: int, info: DeliveryInfo, reason: str, detail: str) -> Outcome:
         log.warning("publication %s:%s failed: %s: %s", info.platform, info.version, reason, detail)
         with self.database.session() as s:
-            changed = _rowcount(
+            changed = rowcount(
                 s.execute(
                     update(DiskImagePublication)
                     .where(

@@ -41,15 +41,10 @@ from diskci.platform.db.models import (
     Task,
     TaskStatus,
 )
-from diskci.platform.db.session import Database
+from diskci.platform.db.session import Database, rowcount
 from diskci.platform.services.blobcache import BlobCache
 
 log = logging.getLogger(__name__)
-
-
-def _rowcount(result: Any) -> int:
-    """Rows an UPDATE matched (``Session.execute`` is typed as returning a plain Result)."""
-    return int(result.rowcount)
 
 
 LOCK_NAME = "disk_image_retention.lock"
@@ -287,7 +282,7 @@ class DiskImageRetentionService:
         self.deleter(cand.reference, cand.manifest_digest, manifests)
         now = self.clock()
         with self.database.session() as s:
-            changed = _rowcount(
+            changed = rowcount(
                 s.execute(
                     update(DiskImagePublication)
                     .where(
