@@ -42,6 +42,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("tarball", nargs="?", type=Path)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/var/tmp"),
+        help="Where the extracted tree and every output go (e.g. a tmpfs, to leave the disk out).",
+    )
     args = parser.parse_args()
     tarball = args.tarball or next((p for p in CANDIDATES if p.is_file()), None)
     if tarball is None:
@@ -53,7 +59,7 @@ def main() -> int:
         return 2
     mkcomposefs = shutil.which("mkcomposefs")
     diskci = [sys.executable, "-m", "diskci.cli.main", "composefs", "build"]
-    with tempfile.TemporaryDirectory(prefix="bench-composefs-", dir="/var/tmp") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-composefs-", dir=args.workdir) as tmp:
         base = Path(tmp)
         tree = base / "tree"
         tree.mkdir()

@@ -19,9 +19,7 @@ import contextlib
 import os
 import stat
 import struct
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -29,8 +27,8 @@ from typing import TYPE_CHECKING, BinaryIO
 from diskci.atomic import atomic_path
 from diskci.build import erofs, fstree
 from diskci.build.fstree import Node
-from diskci.build.fsverity import FsVerityHasher
-from diskci.errors import BuildError, FormatError, UsageError
+from diskci.build.ingest import Ingest, object_path
+from diskci.errors import BuildError, UsageError
 from diskci.registry.mediatypes import (
     ANNOTATION_ARCH,
     ANNOTATION_COMPOSEFS,
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
 MAGIC = 0xD078629A
 HEADER_VERSION = 1
 FLAG_HAS_ACL = 1
-INLINE_MAX = 64
 VERSION_MAX = 1
 DEFAULT_MIN_VERSION = 0
 DEFAULT_MAX_VERSION = 1
@@ -55,10 +52,6 @@ OVERLAY = b"trusted.overlay."
 ESCAPED = b"trusted.overlay.overlay."
 USER_OVERLAY = b"user.overlay."
 _HEADER = struct.Struct("<IIII16x")
-
-
-class ComposefsError(FormatError):
-    """The source cannot be turned into a composefs image."""
 
 
 @dataclass(frozen=True)
@@ -81,164 +74,6 @@ def load_source(source: Path, on_file: Callable[[Node], None] | None = None) -> 
     if source.is_file():
         return fstree.from_tar(source, on_file=on_file)
     raise UsageError(f"{source}: no such directory or tarball")
-
-
-def object_path(digest: bytes) -> str:
-    """``XX/<rest>``: where an object lives in the store (and what the redirect xattr names)."""
-    hexd = digest.hex()
-    return f"{hexd[:2]}/{hexd[2:]}"
-
-
-class ObjectStore:
-    """``PATH/XX/<rest of digest>`` files, each written once, mode 0644.
-
-    In a shared store each object is written under a temporary name and renamed into place. A ``fresh``
-    store is a directory nobody sees until it is complete (it is renamed into place as a whole), so
-    objects are written straight to their names, which is several times faster on ext4.
-    """
-
-    def __init__(self, root: Path, *, fresh: bool = False) -> None:
-        self.root = root
-        self.fresh = fresh
-        root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._dirs: set[str] = set()
-        self._claimed: set[bytes] = set()
-        self._counter = 0
-
-    def _claim(self, digest: bytes) -> Path | None:
-        """The object's path if this call should write it (first time, not already stored), else None."""
-        rel = object_path(digest)
-        with self._lock:
-            if digest in self._claimed:
-                return None
-            self._claimed.add(digest)
-            if rel[:2] not in self._dirs:
-                (self.root / rel[:2]).mkdir(exist_ok=True)
-                self._dirs.add(rel[:2])
-        dest = self.root / rel
-        return dest if self.fresh or not dest.exists() else None
-
-    def temp_fd(self) -> tuple[int, str]:
-        with self._lock:
-            self._counter += 1
-            name = os.path.join(self.root, f".tmp-{os.getpid()}-{self._counter}")
-        return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), name
-
-    def put_bytes(self, digest: bytes, data: bytes) -> None:
-        dest = self._claim(digest)
-        if dest is None:
-            return
-        if self.fresh:
-            fd, name = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644), ""
-        else:
-            fd, name = self.temp_fd()
-        try:
-            _write_all(fd, data)
-            os.fchmod(fd, 0o644)
-        except BaseException:
-            os.close(fd)
-            os.unlink(name or dest)
-            raise
-        os.close(fd)
-        if name:
-            os.rename(name, dest)
-
-    def put_file(self, digest: bytes, name: str) -> None:
-        dest = self._claim(digest)
-        if dest is None:
-            os.unlink(name)
-        else:
-            os.rename(name, dest)
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-_WHOLE_READ_MAX = 16 << 20
-
-
-def _ingest(node: Node, store: ObjectStore | None) -> tuple[Node, bytes | None, int]:
-    """Read a regular file once: inline content, or its fs-verity digest (and a copy in the store)."""
-    if node.size <= _WHOLE_READ_MAX:
-        data = node.read()
-        if len(data) != node.size:
-            raise ComposefsError(f"file contents are {len(data)} bytes, its size says {node.size}")
-        if node.size <= INLINE_MAX:
-            return node, data, 0
-        hasher = FsVerityHasher()
-        hasher.update(data)
-        digest = hasher.digest()
-        if store is not None:
-            store.put_bytes(digest, data)
-        return node, digest, node.size
-    hasher = FsVerityHasher()
-    fd, name = store.temp_fd() if store is not None else (-1, "")
-    try:
-        for chunk in node.chunks():
-            hasher.update(chunk)
-            if fd >= 0:
-                _write_all(fd, chunk)
-        if hasher.size != node.size:
-            raise ComposefsError(f"file contents are {hasher.size} bytes, its size says {node.size}")
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-            os.unlink(name)
-        raise
-    digest = hasher.digest()
-    if store is not None:
-        os.fchmod(fd, 0o644)
-        os.close(fd)
-        store.put_file(digest, name)
-    return node, digest, node.size
-
-
-class Ingest:
-    """Reads regular files on worker threads as soon as they are known (while a tarball is still being
-    parsed): inline content for small files, fs-verity digest (and the object) for the others."""
-
-    BATCH = 32
-
-    def __init__(self, store: ObjectStore | None = None, threads: int | None = None) -> None:
-        self.store = store
-        self._pool = ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1))
-        self._futures: list[Future[list[tuple[Node, bytes | None, int]]]] = []
-        self._seen: set[int] = set()
-        self._batch: list[Node] = []
-
-    def __enter__(self) -> Ingest:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def submit(self, node: Node) -> None:
-        if not node.is_reg or node.size == 0 or id(node) in self._seen:
-            return
-        self._seen.add(id(node))
-        self._batch.append(node)
-        if len(self._batch) >= self.BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self._futures.append(self._pool.submit(lambda: [_ingest(n, self.store) for n in batch]))
-
-    def results(self, files: list[Node]) -> dict[int, tuple[bytes | None, int]]:
-        """(content or digest, external size) for each of ``files`` (submitting any not yet seen)."""
-        for node in files:
-            self.submit(node)
-        self._flush()
-        out: dict[int, tuple[bytes | None, int]] = {}
-        for future in self._futures:
-            for node, blob, size in future.result():
-                out[id(node)] = (blob, size)
-        return out
 
 
 def _format_version(nodes: list[Node], min_version: int, max_version: int) -> int:
@@ -266,7 +101,7 @@ def prepare_tree(
     use_epoch: bool = False,
     min_version: int = DEFAULT_MIN_VERSION,
     max_version: int = DEFAULT_MAX_VERSION,
-    threads: int | None = None,
+    workers: int | None = None,
     fresh_store: bool = False,
     ingest: Ingest | None = None,
 ) -> tuple[Node, int, int, int]:
@@ -285,8 +120,7 @@ def prepare_tree(
 
     files = [n for n in nodes if n.is_reg and n.size > 0]
     if ingest is None:
-        store = ObjectStore(digest_store, fresh=fresh_store) if digest_store is not None else None
-        with Ingest(store, threads) as own:
+        with Ingest(digest_store, fresh=fresh_store, workers=workers) as own:
             content = own.results(files)
     else:
         content = ingest.results(files)
@@ -362,19 +196,20 @@ def write(
     use_epoch: bool = False,
     min_version: int = DEFAULT_MIN_VERSION,
     max_version: int = DEFAULT_MAX_VERSION,
-    threads: int | None = None,
+    workers: int | None = None,
     fresh_store: bool = False,
     ingest: Ingest | None = None,
 ) -> Result:
     """Write the composefs image of ``root`` to ``out`` (objects to ``digest_store`` when given;
-    ``fresh_store``: a new directory that is published as a whole, see :class:`ObjectStore`)."""
+    ``fresh_store``: a new directory that is published as a whole, see
+    :class:`diskci.build.ingest.ObjectStore`)."""
     tree, version, n_objects, object_bytes = prepare_tree(
         root,
         digest_store=digest_store,
         use_epoch=use_epoch,
         min_version=min_version,
         max_version=max_version,
-        threads=threads,
+        workers=workers,
         fresh_store=fresh_store,
         ingest=ingest,
     )
@@ -390,7 +225,7 @@ def build(
     use_epoch: bool = False,
     min_version: int = DEFAULT_MIN_VERSION,
     max_version: int = DEFAULT_MAX_VERSION,
-    threads: int | None = None,
+    workers: int | None = None,
 ) -> Result:
     """``mkcomposefs SOURCE IMAGE``: SOURCE is a directory or a tarball; IMAGE is written atomically.
 
@@ -401,14 +236,11 @@ def build(
     _format_version([], min_version, max_version)  # refuse bad versions before any work
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(atomic_path(image))
-        store = None
-        if digest_store is not None and digest_store.exists():
-            store = ObjectStore(digest_store)
-        elif digest_store is not None:
-            tmp_store = stack.enter_context(atomic_path(digest_store, directory=True))
-            os.chmod(tmp_store, 0o755)
-            store = ObjectStore(tmp_store, fresh=True)
-        ingest = stack.enter_context(Ingest(store, threads))
+        store, fresh = digest_store, False
+        if digest_store is not None and not digest_store.exists():
+            store, fresh = stack.enter_context(atomic_path(digest_store, directory=True)), True
+            os.chmod(store, 0o755)
+        ingest = stack.enter_context(Ingest(store, fresh=fresh, workers=workers))
         tree = load_source(source, ingest.submit)
         with open(tmp, "wb") as f:
             result = write(
@@ -427,7 +259,7 @@ def stage(ctx: BuildContext) -> None:
     ctx.report("reading rootfs.tar, hashing files and filling the object store")
     with atomic_path(image) as tmp_image, atomic_path(objects, directory=True) as tmp_objects:
         os.chmod(tmp_objects, 0o755)
-        with Ingest(ObjectStore(tmp_objects, fresh=True)) as ingest:
+        with Ingest(tmp_objects, fresh=True) as ingest:
             tree = fstree.from_tar(tarball, on_file=ingest.submit)
             with open(tmp_image, "wb") as f:
                 result = write(tree, f, ingest=ingest)

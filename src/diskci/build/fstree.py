@@ -38,11 +38,13 @@ class TreeFormatError(FormatError):
 
 @dataclass(frozen=True)
 class DataRef:
-    """Where a regular file's bytes live: ``size`` bytes at ``offset`` of the file at ``path``."""
+    """Where a regular file's bytes live: ``size`` bytes at ``offset`` of the file at ``path``;
+    ``shared`` when that file holds many files' bytes (a tarball), so readers map it once."""
 
     path: str
     offset: int
     size: int
+    shared: bool = False
 
     def chunks(self, chunk_size: int = _READ_CHUNK) -> Iterator[bytes]:
         fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -392,7 +394,7 @@ class _TarBuilder:
             node.size = m.size
             if m.offset_data + m.size > file_size:
                 raise TreeFormatError(f"tar entry {m.name!r}: the tarball ends inside its data (truncated)")
-            node.source = DataRef(self.path, m.offset_data, m.size) if m.size else None
+            node.source = DataRef(self.path, m.offset_data, m.size, shared=True) if m.size else None
         elif kind == stat.S_IFLNK:
             if not m.linkname:
                 raise TreeFormatError(f"tar entry {m.name!r}: empty symlink target")

@@ -32,7 +32,9 @@ def build(
     max_version: int | None = typer.Option(
         None, "--max-version", min=0, max=composefs.VERSION_MAX, help="Highest format version (default 1)."
     ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Hashing threads (default: CPUs)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=0, help="Hashing processes (default: one per CPU; 0: none, all in this one)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result (digest, size, objects) as JSON."),
 ) -> None:
     """Write IMAGE from SOURCE with mkcomposefs' semantics; the same inputs give the same bytes.
@@ -52,7 +54,7 @@ def build(
         use_epoch=use_epoch,
         min_version=lo,
         max_version=hi,
-        threads=threads,
+        workers=workers,
     )
     if json_out:
         print_json(dataclasses.asdict(result) | {"image": str(image)})
