@@ -136,3 +136,17 @@ def test_in_memory_files_need_no_workers(tmp_path: Path) -> None:
     bad = fstree.Node(mode=stat.S_IFREG | 0o644, size=10, data=b"short")
     with pytest.raises(IngestError, match="5 bytes, its size says 10"), Ingest(None) as reader:
         reader.submit(bad)
+
+
+def test_without_semaphores_the_work_is_done_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pool(**_: object) -> None:
+        raise OSError(38, "Function not implemented")  # what SemLock raises without /dev/shm
+
+    contents = _contents(20)
+    tree = fstree.from_tar(_tarball(tmp_path / "t.tar", contents))
+    monkeypatch.setattr(ingest, "ProcessPoolExecutor", no_pool)
+    with Ingest(tmp_path / "store", fresh=True, workers=2) as reader:
+        done = reader.results(_files(tree))
+    assert [done[id(n)][0] for n in _files(tree) if n.size > INLINE_MAX] == [
+        digest_bytes(c) for c in contents if len(c) > INLINE_MAX
+    ]

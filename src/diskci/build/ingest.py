@@ -11,6 +11,7 @@ digests; ``workers=0`` does the same work in the calling process.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import multiprocessing
 import os
@@ -23,6 +24,8 @@ from diskci.errors import FormatError
 
 if TYPE_CHECKING:
     from diskci.build.fstree import Node
+
+log = logging.getLogger(__name__)
 
 INLINE_MAX = 64  # mkcomposefs keeps files of at most this many bytes inside the image
 _PREAD_MAX = 1 << 20  # a file of its own up to this size is read; a larger one, or a tarball, is mapped
@@ -239,12 +242,19 @@ class Ingest:
             return
         if self._pool is None:
             # forkserver: workers never inherit this process's threads or the locks they might hold
-            self._pool = ProcessPoolExecutor(
-                max_workers=self._workers,
-                mp_context=multiprocessing.get_context("forkserver"),
-                initializer=_start_worker,
-                initargs=(self._root, self._fresh),
-            )
+            try:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self._workers,
+                    mp_context=multiprocessing.get_context("forkserver"),
+                    initializer=_start_worker,
+                    initargs=(self._root, self._fresh),
+                )
+            except OSError as exc:  # no semaphores here (no /dev/shm): do the work in this process
+                log.warning("no worker processes (%s); reading files in this process", exc)
+                self._workers = 0
+                self._batch = batch
+                self._flush()
+                return
         self._futures.append(self._pool.submit(_ingest_batch, batch))
 
     def results(self, files: list[Node]) -> dict[int, tuple[bytes, int]]:
