@@ -34,6 +34,8 @@ def make_source(base: Path, *, whiteout: bool) -> Path:
     (src / "etc" / "edge65").write_bytes(b"7" * 65)
     (src / "etc" / "big").write_bytes(os.urandom(300_000))
     (src / "etc" / "dup").write_bytes((src / "etc" / "big").read_bytes())
+    os.link(src / "etc" / "big", src / "etc" / "hardlink")
+    os.link(src / "etc" / "edge65", src / "hardlink65")
     (src / "etc" / "empty").write_bytes(b"")
     (src / "etc" / "deep" / "er" / "f").write_bytes(os.urandom(5000))
     os.symlink("small", src / "etc" / "link")
@@ -86,15 +88,9 @@ def test_identical_to_mkcomposefs(tmp_path: Path, flags: list[str], whiteout: bo
     given = {flags[i]: int(flags[i + 1]) for i in range(len(flags)) if flags[i].endswith("version")}
     lo, hi = (0, 1) if not given else (given.get("--min-version", 0), given.get("--max-version", 0))
     ours = tmp_path / "ours.cfs"
-    with open(ours, "wb") as f:
-        result = composefs.write(
-            fstree.from_directory(src, hardlinks=False),
-            f,
-            digest_store=our_store,
-            use_epoch="--use-epoch" in flags,
-            min_version=lo,
-            max_version=hi,
-        )
+    result = composefs.build(
+        src, ours, digest_store=our_store, use_epoch="--use-epoch" in flags, min_version=lo, max_version=hi
+    )
     assert ours.read_bytes() == ref.read_bytes()
     assert result.digest == proc.stdout.strip()
     ref_objects = sorted(p.relative_to(ref_store).as_posix() for p in ref_store.rglob("*") if p.is_file())

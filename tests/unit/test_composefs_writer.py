@@ -308,3 +308,15 @@ def test_in_memory_tree(tmp_path: Path) -> None:
     root.children[b"f"].source = fstree.DataRef(str(tmp_path / "x"), 0, len(BIG))  # type: ignore[index]
     result = composefs.write(root, io.BytesIO())
     assert result.objects == 1 and result.object_bytes == len(BIG) and result.inodes == 2 + 256
+
+
+def test_directory_hardlinks_are_separate_inodes_tarball_ones_are_not(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(BIG)
+    os.link(src / "a", src / "b")
+    # as mkcomposefs 1.0.x reads a directory: root, a, b and the 256 root whiteouts
+    assert composefs.build(src, tmp_path / "dir.cfs").inodes == 3 + 256
+    entries = [entry("./a", data=BIG), entry("./b", tarfile.LNKTYPE, linkname="./a")]
+    tar = make_tar(tmp_path / "t.tar", entries)
+    assert composefs.build(tar, tmp_path / "tar.cfs").inodes == 2 + 256

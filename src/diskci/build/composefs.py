@@ -67,10 +67,11 @@ class Result:
 
 
 def load_source(source: Path, on_file: Callable[[Node], None] | None = None) -> Node:
-    """A directory is walked; a file is read as an (uncompressed) tarball. ``on_file`` sees each regular
-    file as soon as it is read."""
+    """A directory is walked as mkcomposefs 1.0.x walks it (every name its own inode, hardlinks too); a
+    file is read as an (uncompressed) tarball, whose hardlinks stay one inode. ``on_file`` sees each
+    regular file as soon as it is read."""
     if source.is_dir():
-        return fstree.from_directory(source, on_file=on_file)
+        return fstree.from_directory(source, hardlinks=False, on_file=on_file)
     if source.is_file():
         return fstree.from_tar(source, on_file=on_file)
     raise UsageError(f"{source}: no such directory or tarball")

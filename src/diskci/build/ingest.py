@@ -141,14 +141,19 @@ class Reader:
                     f"{path}: the file at byte {offset} has {len(view)} bytes, its size says {size}"
                     " (changed or truncated while being read)"
                 )
-            if size <= INLINE_MAX:
-                return key, bytes(view), 0
-            hasher = FsVerityHasher()
-            hasher.update(view)
-            digest = hasher.digest()
-            if self.store is not None:
-                self.store.put(digest, view)
-            return key, digest, size
+            return (key, *self.take(view))
+
+    def take(self, data: bytes | memoryview) -> tuple[bytes, int]:
+        """A small file's bytes, or a larger file's fs-verity digest (the file copied into the store),
+        and the bytes stored outside the image."""
+        if len(data) <= INLINE_MAX:
+            return bytes(data), 0
+        hasher = FsVerityHasher()
+        hasher.update(data)
+        digest = hasher.digest()
+        if self.store is not None:
+            self.store.put(digest, data)
+        return digest, len(data)
 
 
 _READER: Reader | None = None  # in a worker process
@@ -163,17 +168,6 @@ def _start_worker(root: str | None, fresh: bool) -> None:
 def _ingest_batch(items: list[Item]) -> list[Outcome]:
     assert _READER is not None, "not a worker process"
     return [_READER.ingest(item) for item in items]
-
-
-def _inline_or_digest(data: bytes, store: ObjectStore | None) -> tuple[bytes, int]:
-    if len(data) <= INLINE_MAX:
-        return data, 0
-    hasher = FsVerityHasher()
-    hasher.update(data)
-    digest = hasher.digest()
-    if store is not None:
-        store.put(digest, data)
-    return digest, len(data)
 
 
 class Ingest:
@@ -221,7 +215,7 @@ class Ingest:
             data = node.data or b""
             if len(data) != node.size:
                 raise IngestError(f"a file's contents are {len(data)} bytes, its size says {node.size}")
-            self._done[id(node)] = _inline_or_digest(data, self._reader().store)
+            self._done[id(node)] = self._reader().take(data)
             return
         src = node.source
         if src.size != node.size:

@@ -39,7 +39,8 @@ def build(
 ) -> None:
     """Write IMAGE from SOURCE with mkcomposefs' semantics; the same inputs give the same bytes.
 
-    Like mkcomposefs, giving either version flag makes the other default to 0.
+    Like mkcomposefs, giving either version flag makes the other default to 0, and a directory's
+    hardlinks become separate inodes (a tarball's stay one inode).
 
     Example: [bold]diskci composefs build rootfs.tar rootfs.cfs --digest-store objects --print-digest[/]
     """
