@@ -4,9 +4,9 @@ file's fs-verity digest and its copy in the object store (``PATH/XX/<rest of dig
 The work runs on worker processes while the tree is still being read (a tarball's headers are parsed in
 the main process). Processes rather than threads: ``hashlib`` drops and retakes the GIL for every 4 KiB
 block, and with a parsing thread beside the hashing threads those hand-offs cost more than the hashing
-(measured on the Stage-1 tarball, two cores: 11 s of CPU with four threads, 4 s with two processes). A
-worker maps a tarball once, hashes and copies each file straight from the mapping, and sends back only
-digests; ``workers=0`` does the same work in the calling process.
+(the Stage-1 tarball on two cores, on tmpfs: 5.4 s of CPU in 4.5 s with four threads, 4.0 s of CPU
+in 2.7 s with two processes). A worker maps a tarball once, hashes and copies each file straight from
+the mapping, and sends back only digests; ``workers=0`` does the same work in the calling process.
 """
 
 from __future__ import annotations
