@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,10 @@ from diskci.build import composefs, fstree
 from diskci.build.fsverity import digest_file
 from diskci.build.manifest import BuildManifest
 from diskci.registry.mediatypes import COMPOSEFS_IMAGE
+from mount_support import composefs_mounted, mount_unavailable
 
 pytestmark = pytest.mark.slow
+MOUNT_UNAVAILABLE = mount_unavailable("erofs", "overlay")
 
 _stages = [s.strip() for s in os.environ.get("DISKCI_TEST_STAGES", "").split(",") if s.strip()]
 if _stages and "composefs" not in _stages:
@@ -65,29 +65,11 @@ def test_object_store_holds_every_redirect(arch_dir: Path) -> None:
     assert redirects == stored and len(stored) == n_objects
 
 
-@contextlib.contextmanager
-def _mounted(image: Path, objects: Path, base: Path) -> Iterator[Path]:
-    lower, merged = base / "lower", base / "merged"
-    lower.mkdir()
-    merged.mkdir()
-    subprocess.run(["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(lower)], check=True)
-    try:
-        opts = f"ro,lowerdir={lower}::{objects},metacopy=on,redirect_dir=on"
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], check=True)
-        try:
-            yield merged
-        finally:
-            subprocess.run(["umount", str(merged)], check=True)
-    finally:
-        subprocess.run(["umount", str(lower)], check=True)
-
-
 @pytest.mark.root
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to loop-mount the image")
-@pytest.mark.skipif(not Path("/dev/loop-control").exists(), reason="no loop devices")
+@pytest.mark.skipif(bool(MOUNT_UNAVAILABLE), reason=MOUNT_UNAVAILABLE or "")
 def test_mounted_tree_equals_the_tarball(arch_dir: Path, tmp_path: Path) -> None:
     want = fstree.describe(fstree.from_tar(arch_dir / "rootfs.tar"))
-    with _mounted(arch_dir / "rootfs.cfs", arch_dir / "objects", tmp_path) as merged:
+    with composefs_mounted(arch_dir / "rootfs.cfs", arch_dir / "objects", tmp_path) as merged:
         got = fstree.describe(fstree.from_directory(merged))
     assert len(want) > 10_000
     assert sorted(want) == sorted(got)

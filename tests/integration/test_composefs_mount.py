@@ -5,16 +5,14 @@ equal the source. Needs root, loop devices, erofs and overlayfs; skips with the 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mount_support import mount_unavailable
 
 from diskci.build import composefs, fstree
+from mount_support import composefs_mounted, mount_unavailable
 
 pytestmark = pytest.mark.root
 
@@ -22,28 +20,6 @@ pytestmark = pytest.mark.root
 REASON = mount_unavailable("erofs", "overlay")
 if REASON:
     pytestmark = [pytest.mark.root, pytest.mark.skip(reason=REASON)]  # type: ignore[list-item]
-
-
-@contextlib.contextmanager
-def composefs_mounted(image: Path, objects: Path, base: Path) -> Iterator[Path]:
-    """``mount -t erofs`` + ``mount -t overlay lowerdir=<erofs>::<objects>`` (data-only lower layer)."""
-    lower, merged = base / "lower", base / "merged"
-    lower.mkdir()
-    merged.mkdir()
-    subprocess.run(["mount", "-t", "erofs", "-o", "loop,ro", str(image), str(lower)], check=True)
-    try:
-        opts = f"ro,lowerdir={lower}::{objects},metacopy=on,redirect_dir=on"
-        proc = subprocess.run(
-            ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], capture_output=True
-        )
-        if proc.returncode != 0:
-            pytest.skip(f"overlayfs with data-only lower layers is not available: {proc.stderr.decode()}")
-        try:
-            yield merged
-        finally:
-            subprocess.run(["umount", str(merged)], check=True)
-    finally:
-        subprocess.run(["umount", str(lower)], check=True)
 
 
 def make_source(base: Path) -> Path:

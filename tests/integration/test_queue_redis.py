@@ -163,7 +163,7 @@ def test_two_worker_processes_process_and_prune(
                 .where(DiskImagePublication.id == pub_id)
                 .values(created_at=datetime.now(UTC) - timedelta(days=age))
             )
-    _enqueue(queue_env, "retention", "first", "second")
+    sweeps = _enqueue(queue_env, "retention", "first", "second")
 
     def pruned() -> bool:
         with platform_db.read_session() as s:
@@ -172,7 +172,14 @@ def test_two_worker_processes_process_and_prune(
             )
 
     _wait(pruned, "retention", workers, tmp_path)
-    time.sleep(1.0)  # let the second sweep finish too: it must prune nothing more
+    from diskci.platform.tasks import make_huey
+
+    queue = make_huey(PlatformSettings(queue_url=queue_env["DISKCI_QUEUE_URL"], state_dir=tmp_path / "state"))
+
+    def both_swept() -> bool:
+        return all(queue.result(task_id, preserve=True) is not None for task_id in sweeps)
+
+    _wait(both_swept, "the second sweep", workers, tmp_path)  # it must prune nothing more
     with platform_db.read_session() as s:
         statuses = {r.id: r.status for r in s.scalars(select(DiskImagePublication))}
         assert statuses == {ids[0]: "pruned", ids[1]: "pruned", ids[2]: "pruned", ids[3]: "published"}

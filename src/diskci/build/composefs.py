@@ -102,8 +102,6 @@ def prepare_tree(
     use_epoch: bool = False,
     min_version: int = DEFAULT_MIN_VERSION,
     max_version: int = DEFAULT_MAX_VERSION,
-    workers: int | None = None,
-    fresh_store: bool = False,
     ingest: Ingest | None = None,
 ) -> tuple[Node, int, int, int]:
     """The tree mkcomposefs would write for ``root`` (a new tree; ``root`` is left as it was), its format
@@ -121,7 +119,7 @@ def prepare_tree(
 
     files = [n for n in nodes if n.is_reg and n.size > 0]
     if ingest is None:
-        with Ingest(digest_store, fresh=fresh_store, workers=workers) as own:
+        with Ingest(digest_store) as own:
             content = own.results(files)
     else:
         content = ingest.results(files)
@@ -197,21 +195,16 @@ def write(
     use_epoch: bool = False,
     min_version: int = DEFAULT_MIN_VERSION,
     max_version: int = DEFAULT_MAX_VERSION,
-    workers: int | None = None,
-    fresh_store: bool = False,
     ingest: Ingest | None = None,
 ) -> Result:
-    """Write the composefs image of ``root`` to ``out`` (objects to ``digest_store`` when given;
-    ``fresh_store``: a new directory that is published as a whole, see
-    :class:`diskci.build.ingest.ObjectStore`)."""
+    """Write the composefs image of ``root`` to ``out`` (objects to ``digest_store`` when given, or to the
+    store of ``ingest``)."""
     tree, version, n_objects, object_bytes = prepare_tree(
         root,
         digest_store=digest_store,
         use_epoch=use_epoch,
         min_version=min_version,
         max_version=max_version,
-        workers=workers,
-        fresh_store=fresh_store,
         ingest=ingest,
     )
     info = erofs.write_image(tree, out, header=header(version, tree), metadata_only=True)
