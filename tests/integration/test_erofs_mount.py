@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mount_support import mount_unavailable
 
 from diskci.build import erofs, fstree
+from mount_support import mount_unavailable
 
 pytestmark = pytest.mark.root
 
