@@ -25,7 +25,7 @@ CANDIDATES = (Path("out/debian-12-amd64/amd64/rootfs.tar"), Path("/var/cache/dis
 _LIBRARY = """
 import sys, time
 from pathlib import Path
-from diskci.build import composefs
+from diskci.formats import composefs
 start = time.perf_counter()
 composefs.build(Path(sys.argv[1]), Path(sys.argv[2]), digest_store=Path(sys.argv[3]))
 print(time.perf_counter() - start)

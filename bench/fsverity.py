@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from diskci.build.fsverity import digest_file
+from diskci.formats.fsverity import digest_file
 
 GOAL = 1.3
 

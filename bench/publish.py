@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
-from diskci.build.manifest import Artifact, BuildManifest
-from diskci.registry import mediatypes as mt
+from diskci import mediatypes as mt
+from diskci.manifest import Artifact, BuildManifest
 from diskci.registry.push import push_publication
 from diskci.supplychain.authority import SigningAuthority
 from diskci.supplychain.bundle import IdentityPolicy, sign_publication, verify_publication

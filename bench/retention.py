@@ -36,8 +36,8 @@ def seed(database: Any, layouts: Path, blobs: Any, args: argparse.Namespace) -> 
     """Insert the platforms and publications; returns how many are expected to be pruned."""
     from sqlalchemy import insert, update
 
+    from diskci import mediatypes as mt
     from diskci.platform.db.models import DiskImagePublication, NodePlatform
-    from diskci.registry import mediatypes as mt
     from diskci.registry.client import Descriptor, canonical_json, open_registry
 
     rng = random.Random(42)

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from diskci.build.manifest import BuildManifest
-from diskci.build.mirror import resolve_mirror
-from diskci.build.pipeline import BuildContext
-from diskci.build.rootfs import mmdebstrap_argv
+from diskci.image.mirror import resolve_mirror
+from diskci.image.pipeline import BuildContext
+from diskci.image.rootfs import mmdebstrap_argv
+from diskci.manifest import BuildManifest
 from diskci.process import require_tool, tool_env
 from diskci.spec import load_spec
 

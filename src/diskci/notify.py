@@ -23,7 +23,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from diskci.errors import NotifyError
-from diskci.registry.mediatypes import WEBHOOK_SCHEMA
+from diskci.mediatypes import WEBHOOK_SCHEMA
 
 log = logging.getLogger("diskci.notify")
 SIGNATURE_HEADER = "X-DiskCI-Signature-256"

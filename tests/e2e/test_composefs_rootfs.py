@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build import composefs, fstree
-from diskci.build.fsverity import digest_file
-from diskci.build.manifest import BuildManifest
-from diskci.registry.mediatypes import COMPOSEFS_IMAGE
+from diskci.formats import composefs, fstree
+from diskci.formats.fsverity import digest_file
+from diskci.manifest import BuildManifest
+from diskci.mediatypes import COMPOSEFS_IMAGE
 from mount_support import composefs_mounted, mount_unavailable
 
 pytestmark = pytest.mark.slow

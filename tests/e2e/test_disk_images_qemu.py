@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build.manifest import BuildManifest
+from diskci.manifest import BuildManifest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from qemu_console import QemuConsole

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build.manifest import BuildManifest
-from diskci.build.pipeline import BuildContext
+from diskci.image.pipeline import BuildContext
+from diskci.manifest import BuildManifest
 from diskci.spec import Architecture, load_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -135,8 +135,8 @@ def test_arm64_direct_boot_fetches_verifies_and_reports(arm64_build: Path, tmp_p
 def test_netboot_artifacts_rebuild_bit_identical(amd64_build: Path, tmp_path: Path) -> None:
     """A clean rebuild of the kernel, initramfs, rootimage and ipxe stages from the same rootfs.tar
     gives the same bytes as the shared build."""
-    from diskci.build.artifacts import ipxe, kernel, rootimage
-    from diskci.build.initramfs import builder
+    from diskci.image.artifacts import ipxe, kernel, rootimage
+    from diskci.image.initramfs import builder
 
     first = BuildManifest.load(amd64_build)
     spec_path = REPO / "platforms" / "debian-12-amd64.yaml"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build.manifest import BuildManifest
 from diskci.demo import DEMO_MAC, DemoConfig, PlatformServer, qemu_netboot_argv, run_demo
+from diskci.manifest import BuildManifest
 from diskci.platform.services.blobcache import BlobCache
 from diskci.qemu import QemuConsole
 from diskci.spec import Architecture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build.manifest import BuildManifest, sha256_file
+from diskci.manifest import BuildManifest, sha256_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 

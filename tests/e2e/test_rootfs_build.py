@@ -21,8 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-from diskci.build.manifest import BuildManifest, sha256_file
-from diskci.registry.mediatypes import PACKAGES_JSON, ROOTFS_TAR, SBOM_SPDX
+from diskci.manifest import BuildManifest, sha256_file
+from diskci.mediatypes import PACKAGES_JSON, ROOTFS_TAR, SBOM_SPDX
 from diskci.spec import load_spec
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from diskci.build.manifest import Artifact, BuildManifest
-from diskci.registry import mediatypes as mt
+from diskci import mediatypes as mt
+from diskci.manifest import Artifact, BuildManifest
 from diskci.supplychain.authority import SigningAuthority
 
 ISSUER = "https://git.example.com"

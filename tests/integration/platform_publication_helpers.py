@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diskci.build.manifest import Artifact, BuildManifest
+from diskci import mediatypes as mt
+from diskci.manifest import Artifact, BuildManifest
 from diskci.platform.db.models import NodePlatform, WebhookDelivery
 from diskci.platform.db.session import Database
-from diskci.registry import mediatypes as mt
 from diskci.registry.push import PushResult, push_publication
 from diskci.supplychain.authority import SigningAuthority
 from diskci.supplychain.bundle import sign_publication

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build import composefs, fstree
+from diskci.formats import composefs, fstree
 from mount_support import composefs_mounted, mount_unavailable
 
 pytestmark = pytest.mark.root

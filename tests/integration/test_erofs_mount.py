@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diskci.build import erofs, fstree
+from diskci.formats import erofs, fstree
 from mount_support import mount_unavailable
 
 pytestmark = pytest.mark.root

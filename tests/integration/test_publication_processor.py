@@ -27,8 +27,8 @@ from platform_publication_helpers import (
 )
 from sqlalchemy import func, select
 
-from diskci.build.manifest import BuildManifest
 from diskci.errors import NotFound
+from diskci.manifest import BuildManifest
 from diskci.platform.db.models import DiskImagePublication, Event, WebhookDelivery
 from diskci.platform.db.session import Database
 from diskci.platform.services.blobcache import BlobCache

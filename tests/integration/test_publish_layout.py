@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from diskci import mediatypes as mt
 from diskci.cli.main import app
 from diskci.errors import UsageError, VerificationFailed
-from diskci.registry import mediatypes as mt
 from diskci.registry.publication import PUBLICATION_BUNDLE, SIGNATURES_DIR, plan_publication
 from diskci.registry.pull import pull_publication
 from diskci.registry.push import push_publication

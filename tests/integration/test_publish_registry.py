@@ -14,9 +14,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from typer.testing import CliRunner
 
+from diskci import mediatypes as mt
 from diskci.cli.main import app
 from diskci.errors import VerificationFailed
-from diskci.registry import mediatypes as mt
 from diskci.registry.client import BlobSource, open_registry
 from diskci.registry.publication import PUBLICATION_BUNDLE, SIGNATURES_DIR, plan_publication
 from diskci.registry.pull import pull_publication

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from diskci import mediatypes as mt
 from diskci.errors import Unauthorized
-from diskci.registry import mediatypes as mt
 from diskci.supplychain.authority import AuthorityError, SigningAuthority
 from diskci.supplychain.authority_http import AuthorityClient, create_app
 from diskci.supplychain.bundle import IdentityPolicy, load_trusted_root, sign_statement, verify_bundle

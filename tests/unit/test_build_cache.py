@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from diskci.build import cache as cache_mod
-from diskci.build.cache import Cache, rootfs_key, rootfs_key_inputs
-from diskci.build.manifest import BuildManifest
-from diskci.build.pipeline import BuildContext
-from diskci.build.rootfs import _restore
+from diskci.image import cache as cache_mod
+from diskci.image.cache import Cache, rootfs_key, rootfs_key_inputs
+from diskci.image.pipeline import BuildContext
+from diskci.image.rootfs import _restore
+from diskci.manifest import BuildManifest
 from diskci.spec import Architecture, PlatformSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]

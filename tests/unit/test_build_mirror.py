@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from diskci.build.mirror import (
+from diskci.image.mirror import (
     MirrorError,
     fetch_release,
     host_mirror,

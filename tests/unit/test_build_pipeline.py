@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diskci.build import pipeline
-from diskci.build.manifest import BuildManifest
-from diskci.build.pipeline import BuildContext, Stage, run_build, select_architectures
 from diskci.errors import UsageError
+from diskci.image import pipeline
+from diskci.image.pipeline import BuildContext, Stage, run_build, select_architectures
+from diskci.manifest import BuildManifest
 from diskci.spec import Architecture, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from sigstore.errors import VerificationError
 from sigstore.models import Bundle, TrustedRoot
 from sigstore.verify import Verifier, policy
 
-from diskci.registry import mediatypes as mt
+from diskci import mediatypes as mt
 from diskci.supplychain.authority import AuthorityError, SigningAuthority
 from diskci.supplychain.bundle import sign_statement
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build import composefs, fstree, ingest
-from diskci.build.fsverity import digest_bytes
-from diskci.build.ingest import INLINE_MAX, Ingest, IngestError
+from diskci.formats import composefs, fstree, ingest
+from diskci.formats.fsverity import digest_bytes
+from diskci.formats.ingest import INLINE_MAX, Ingest, IngestError
 
 
 def _contents(count: int, seed: int = 7) -> list[bytes]:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diskci.build import composefs, fstree
+from diskci.formats import composefs, fstree
 
 MKCOMPOSEFS = shutil.which("mkcomposefs")
 pytestmark = pytest.mark.skipif(

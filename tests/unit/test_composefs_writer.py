@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from diskci.build import composefs, fstree
-from diskci.build.fstree import Node
-from diskci.build.fsverity import digest_file
-from diskci.build.manifest import BuildManifest
-from diskci.build.pipeline import BuildContext
 from diskci.cli.main import app
 from diskci.errors import FormatError, UsageError
-from diskci.registry.mediatypes import COMPOSEFS_IMAGE
+from diskci.formats import composefs, fstree
+from diskci.formats.fstree import Node
+from diskci.formats.fsverity import digest_file
+from diskci.image import composefs_stage
+from diskci.image.pipeline import BuildContext
+from diskci.manifest import BuildManifest
+from diskci.mediatypes import COMPOSEFS_IMAGE
 from diskci.spec import Architecture, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,7 +274,7 @@ def test_stage_writes_image_objects_and_manifest(tmp_path: Path) -> None:
     )
     ctx.arch_dir.mkdir(parents=True)
     make_tar(ctx.arch_dir / "rootfs.tar", sample_entries())
-    composefs.stage(ctx)
+    composefs_stage.stage(ctx)
     image = ctx.arch_dir / "rootfs.cfs"
     art = ctx.record.artifact("rootfs.cfs")
     assert art.media_type == COMPOSEFS_IMAGE and art.path == "amd64/rootfs.cfs"
@@ -282,7 +283,7 @@ def test_stage_writes_image_objects_and_manifest(tmp_path: Path) -> None:
     assert len([p for p in objects if len(p.parts) == 2]) == 1
     assert stat.S_IMODE((ctx.arch_dir / "objects").stat().st_mode) == 0o755
     first = image.read_bytes()
-    composefs.stage(ctx)  # again: same bytes, no leftovers
+    composefs_stage.stage(ctx)  # again: same bytes, no leftovers
     assert image.read_bytes() == first
     assert sorted(p.name for p in ctx.arch_dir.iterdir()) == ["objects", "rootfs.cfs", "rootfs.tar"]
 
@@ -296,7 +297,7 @@ def test_stage_without_rootfs_fails(tmp_path: Path) -> None:
     )  # fmt: skip
     ctx = BuildContext(spec, spec_path, Architecture.amd64, tmp_path, tmp_path / "c", 0, True, manifest)
     with pytest.raises(Exception, match="rootfs stage"):
-        composefs.stage(ctx)
+        composefs_stage.stage(ctx)
 
 
 def test_in_memory_tree(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""diskci.build.cpio: deterministic newc archives that GNU cpio and busybox cpio read back."""
+"""diskci.formats.cpio: deterministic newc archives that GNU cpio and busybox cpio read back."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build.cpio import CpioArchive
 from diskci.errors import FormatError
+from diskci.formats.cpio import CpioArchive
 
 EPOCH = 1764000000
 

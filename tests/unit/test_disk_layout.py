@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build.artifacts import esp, raw
 from diskci.errors import BuildError, ToolError
+from diskci.image.artifacts import esp, raw
 from diskci.process import run
 
 EPOCH = 1764000000

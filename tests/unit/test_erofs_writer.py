@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from diskci.build import erofs, fstree
-from diskci.build.fstree import Node
+from diskci.formats import erofs, fstree
+from diskci.formats.fstree import Node
 
 FSCK = shutil.which("fsck.erofs")
 DUMP = shutil.which("dump.erofs")
@@ -149,7 +149,7 @@ def test_deterministic_regardless_of_insertion_order(tmp_path: Path) -> None:
     ib = erofs.write_image(b, out_b)
     assert out_a.getvalue() == out_b.getvalue()
     assert ia.digest == ib.digest
-    from diskci.build.fsverity import digest_bytes
+    from diskci.formats.fsverity import digest_bytes
 
     assert ia.digest == digest_bytes(out_a.getvalue())
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from diskci.build import fsverity
 from diskci.cli.main import app
+from diskci.formats import fsverity
 
 FSVERITY = shutil.which("fsverity")
 needs_tool = pytest.mark.skipif(

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from diskci.build.artifacts import ipxe, kernel, rootimage
-from diskci.build.artifacts.rootfs_tar import RootfsTarball
-from diskci.build.initramfs import builder
-from diskci.build.manifest import BuildManifest
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
+from diskci.image.artifacts import ipxe, kernel, rootimage
+from diskci.image.artifacts.rootfs_tar import RootfsTarball
+from diskci.image.initramfs import builder
+from diskci.image.pipeline import BuildContext
+from diskci.manifest import BuildManifest
 from diskci.spec import Architecture, load_spec
 
 REPO = Path(__file__).resolve().parents[2]

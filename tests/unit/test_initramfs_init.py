@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import pytest
 
-INIT = Path(str(resources.files("diskci.build.initramfs").joinpath("init.sh")))
+INIT = Path(str(resources.files("diskci.image.initramfs").joinpath("init.sh")))
 SHA = "ab" * 32
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from diskci.build.manifest import Artifact, BuildManifest
-from diskci.registry import mediatypes as mt
+from diskci import mediatypes as mt
+from diskci.manifest import Artifact, BuildManifest
 
 
 def _build_dir(root: Path, *, with_script: bool = True) -> Path:

@@ -13,9 +13,9 @@ from typing import Any
 import jsonschema
 import pytest
 
-from diskci.build.artifacts import oci
+from diskci import mediatypes as mt
 from diskci.errors import BuildError
-from diskci.registry import mediatypes as mt
+from diskci.image.artifacts import oci
 from diskci.spec import Architecture
 
 EPOCH = 1764000000

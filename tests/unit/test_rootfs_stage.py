@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import yaml
 
-from diskci.build import rootfs
-from diskci.build.manifest import BuildManifest
-from diskci.build.pipeline import BuildContext
 from diskci.errors import ResourceError
+from diskci.image import rootfs
+from diskci.image.pipeline import BuildContext
+from diskci.manifest import BuildManifest
 from diskci.spec import Architecture, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]

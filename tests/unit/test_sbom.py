@@ -14,8 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from diskci.build.sbom import InstalledPackage, build_sbom, purl, write_sbom
 from diskci.errors import BuildError
+from diskci.image.sbom import InstalledPackage, build_sbom, purl, write_sbom
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 

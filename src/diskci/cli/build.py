@@ -8,9 +8,9 @@ from pathlib import Path
 
 import typer
 
-from diskci.build.pipeline import STAGE_NAMES, run_build
 from diskci.cli.output import print_json, stdout
 from diskci.errors import UsageError
+from diskci.image.pipeline import STAGE_NAMES, run_build
 from diskci.spec import load_spec
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from diskci.build import composefs
 from diskci.cli.output import print_json, stdout
+from diskci.formats import composefs
 
 composefs_app = typer.Typer(
     help="composefs images: metadata-only EROFS + object store.", no_args_is_help=True

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from diskci.build import fsverity
 from diskci.cli.output import print_json
 from diskci.errors import DiskciError
+from diskci.formats import fsverity
 
 fsverity_app = typer.Typer(
     help="fs-verity digests (SHA-256, 4096-byte blocks, no salt).", no_args_is_help=True

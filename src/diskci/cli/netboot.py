@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from diskci.build.netboot_server import make_server, netboot_targets
 from diskci.cli.output import print_json, stdout
+from diskci.image.artifacts.ipxe_server import make_server, netboot_targets
 
 netboot_app = typer.Typer(help="Netboot a build directory by hand.", no_args_is_help=True)
 

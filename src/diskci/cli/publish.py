@@ -203,8 +203,8 @@ def _notify(
 ) -> Any:
     import json as _json
 
+    from diskci import mediatypes as mt
     from diskci.notify import DiskImageBuilt, SourceRef, send_notification
-    from diskci.registry import mediatypes as mt
     from diskci.registry.client import open_registry
     from diskci.registry.reference import Reference
 

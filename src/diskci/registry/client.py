@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from diskci import mediatypes as mt
 from diskci.atomic import atomic_path, write_bytes
 from diskci.errors import RegistryError, VerificationFailed
-from diskci.registry import mediatypes as mt
 from diskci.registry.reference import Reference
 
 MANIFEST_TYPES = (mt.OCI_MANIFEST, mt.OCI_INDEX)

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diskci import mediatypes as mt
 from diskci.atomic import atomic_path
 from diskci.errors import RegistryError, VerificationFailed
-from diskci.registry import mediatypes as mt
 from diskci.registry.client import (
     BlobSource,
     Descriptor,

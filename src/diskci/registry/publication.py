@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diskci.build.manifest import FILENAME, BuildManifest
+from diskci import mediatypes as mt
 from diskci.errors import BuildError, VerificationFailed
-from diskci.registry import mediatypes as mt
+from diskci.manifest import FILENAME, BuildManifest
 from diskci.registry.client import BlobSource, Descriptor, canonical_json, sha256_digest
 
 ANNOTATION_PATH = mt.ANNOTATION_PATH

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from diskci import mediatypes as mt
 from diskci.atomic import atomic_path
-from diskci.build.manifest import FILENAME, BuildManifest
 from diskci.errors import VerificationFailed
-from diskci.registry import mediatypes as mt
+from diskci.manifest import FILENAME, BuildManifest
 from diskci.registry.client import (
     Descriptor,
     RegistryClient,

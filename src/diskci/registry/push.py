@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diskci import mediatypes as mt
 from diskci.errors import UsageError
-from diskci.registry import mediatypes as mt
 from diskci.registry.client import BlobSource, Descriptor, RegistryClient, canonical_json, open_registry
 from diskci.registry.publication import (
     ANNOTATION_BUNDLE_CONTENT,

@@ -17,8 +17,8 @@ import oras.container
 import oras.provider
 import requests
 
+from diskci import mediatypes as mt
 from diskci.errors import RegistryError, VerificationFailed
-from diskci.registry import mediatypes as mt
 from diskci.registry.client import (
     MANIFEST_TYPES,
     BlobSource,

@@ -46,7 +46,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from diskci.atomic import atomic_path
 from diskci.errors import SupplyChainError, Unauthorized
-from diskci.registry.mediatypes import SIGSTORE_TRUSTED_ROOT
+from diskci.mediatypes import SIGSTORE_TRUSTED_ROOT
 from diskci.supplychain.policy import OID_ISSUER_V1, OID_ISSUER_V2
 from diskci.supplychain.tlog import LogEntry, TransparencyLog, key_id
 

@@ -36,10 +36,10 @@ from sigstore.errors import VerificationError
 from sigstore.models import Bundle, ClientTrustConfig, InvalidBundle, TrustedRoot
 from sigstore.verify import Verifier
 
+from diskci import mediatypes as mt
 from diskci.atomic import write_bytes
-from diskci.build.manifest import sha256_file
 from diskci.errors import UsageError, VerificationFailed
-from diskci.registry import mediatypes as mt
+from diskci.manifest import sha256_file
 from diskci.registry.publication import (
     PROVENANCE_BUNDLE,
     PUBLICATION_BUNDLE,
@@ -367,7 +367,7 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
 
 def _check_files(pub: Publication, *, sha256: bool, fsverity: bool) -> tuple[int, int, int]:
     """Every artifact's sha256 (and fs-verity digest) against build.json."""
-    from diskci.build import fsverity as fsv
+    from diskci.formats import fsverity as fsv
 
     count = nbytes = checked = 0
     for a in pub.build.all_artifacts():

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from diskci.build.fsverity import FsVerityHasher
 from diskci.errors import VerificationFailed
+from diskci.formats.fsverity import FsVerityHasher
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _STALE_TMP_SECONDS = 3600

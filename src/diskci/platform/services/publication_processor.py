@@ -39,8 +39,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from diskci.build.manifest import BuildManifest
+from diskci import mediatypes as mt
 from diskci.errors import NotFound, PlatformError, RegistryError, UsageError, VerificationFailed
+from diskci.manifest import BuildManifest
 from diskci.platform.db.models import (
     DiskImagePublication,
     Event,
@@ -50,7 +51,6 @@ from diskci.platform.db.models import (
 )
 from diskci.platform.db.session import Database, rowcount
 from diskci.platform.services.blobcache import BlobCache
-from diskci.registry import mediatypes as mt
 from diskci.registry.client import Descriptor, RegistryClient, open_registry, parse_manifest
 from diskci.registry.reference import Reference
 

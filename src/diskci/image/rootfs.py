@@ -22,16 +22,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from diskci.atomic import atomic_path, write_text
-from diskci.build import sbom
-from diskci.build.cache import Cache, rootfs_key_inputs
-from diskci.build.cache import canonical_digest as _digest
-from diskci.build.manifest import sha256_file
-from diskci.build.mirror import fetch_release, resolve_mirror
-from diskci.build.pipeline import BuildContext
 from diskci.console import interactive
 from diskci.errors import BuildError, CacheError, ResourceError, ToolError, UsageError
+from diskci.image import sbom
+from diskci.image.cache import Cache, rootfs_key_inputs
+from diskci.image.cache import canonical_digest as _digest
+from diskci.image.mirror import fetch_release, resolve_mirror
+from diskci.image.pipeline import BuildContext
+from diskci.manifest import sha256_file
+from diskci.mediatypes import ANNOTATION_ARCH, PACKAGES_JSON, ROOTFS_TAR, SBOM_SPDX
 from diskci.process import require_tool, run, tool_version
-from diskci.registry.mediatypes import ANNOTATION_ARCH, PACKAGES_JSON, ROOTFS_TAR, SBOM_SPDX
 from diskci.spec import Architecture, PlatformSpec
 
 log = logging.getLogger(__name__)

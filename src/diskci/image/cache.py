@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from diskci.atomic import atomic_path
-from diskci.build.manifest import sha256_file
 from diskci.errors import CacheError
+from diskci.manifest import sha256_file
 from diskci.spec import Architecture, PlatformSpec
 
 log = logging.getLogger(__name__)

@@ -8,10 +8,10 @@ between releases: qcow2 v3 (compat=1.1), 64 KiB clusters, no compression, zero c
 from __future__ import annotations
 
 from diskci.atomic import atomic_path
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
+from diskci.image.pipeline import BuildContext
+from diskci.mediatypes import DISK_QCOW2
 from diskci.process import require_tool, run, tool_version
-from diskci.registry.mediatypes import DISK_QCOW2
 
 QCOW2_OPTIONS = "compat=1.1,cluster_size=65536,lazy_refcounts=off,preallocation=off"
 

@@ -19,11 +19,11 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from diskci.build.fsverity import FsVerityHasher
 from diskci.errors import FormatError
+from diskci.formats.fsverity import FsVerityHasher
 
 if TYPE_CHECKING:
-    from diskci.build.fstree import Node
+    from diskci.formats.fstree import Node
 
 log = logging.getLogger(__name__)
 

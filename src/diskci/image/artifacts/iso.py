@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from diskci.atomic import atomic_path
-from diskci.build.artifacts import esp
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
+from diskci.image.artifacts import esp
+from diskci.image.pipeline import BuildContext
+from diskci.mediatypes import ISO
 from diskci.process import require_tool, run, tool_version
-from diskci.registry.mediatypes import ISO
 from diskci.spec import Architecture
 
 ROOT_PATH = "/rootfs.img"

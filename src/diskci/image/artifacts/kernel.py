@@ -7,10 +7,10 @@ its modules in /lib/modules/<version>; the version is recorded in build.json (``
 from __future__ import annotations
 
 from diskci.atomic import atomic_path
-from diskci.build.artifacts.rootfs_tar import RootfsTarball, rootfs_tar_path
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
-from diskci.registry.mediatypes import KERNEL
+from diskci.image.artifacts.rootfs_tar import RootfsTarball, rootfs_tar_path
+from diskci.image.pipeline import BuildContext
+from diskci.mediatypes import KERNEL
 
 PREFIX = "vmlinuz-"
 

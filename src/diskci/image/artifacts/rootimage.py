@@ -22,11 +22,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from diskci.atomic import atomic_path
-from diskci.build.artifacts.rootfs_tar import member_path, rootfs_tar_path
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError, FormatError
+from diskci.image.artifacts.rootfs_tar import member_path, rootfs_tar_path
+from diskci.image.pipeline import BuildContext
+from diskci.mediatypes import ROOT_IMAGE
 from diskci.process import require_tool, run, tool_version
-from diskci.registry.mediatypes import ROOT_IMAGE
 
 UNIT_NAME = "diskci-booted.service"
 UNIT_DIR = "etc/systemd/system"

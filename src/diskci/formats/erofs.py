@@ -1,4 +1,4 @@
-"""An uncompressed EROFS image writer (4 KiB blocks) for a :mod:`diskci.build.fstree` tree.
+"""An uncompressed EROFS image writer (4 KiB blocks) for a :mod:`diskci.formats.fstree` tree.
 
 On-disk format: Linux fs/erofs/erofs_fs.h (superblock at byte 1024; 32-byte compact and 64-byte extended
 inodes in 32-byte slots; xattr body header with name filter; shared xattrs; 12-byte dirents sorted by
@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from diskci.atomic import atomic_path
-from diskci.build.fstree import DataRef, Node
-from diskci.build.fsverity import FsVerityHasher
 from diskci.errors import FormatError
+from diskci.formats.fstree import DataRef, Node
+from diskci.formats.fsverity import FsVerityHasher
 
 BLOCK_SIZE = 4096
 BLOCK_BITS = 12

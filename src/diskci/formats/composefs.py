@@ -1,4 +1,4 @@
-"""Stage 2: the composefs image (metadata-only EROFS) and its object store, as mkcomposefs 1.0.x makes them.
+"""The composefs image (metadata-only EROFS) and its object store, as mkcomposefs 1.0.x makes them.
 
 What mkcomposefs does to a tree before writing it (containers/composefs, libcomposefs/lcfs-writer-erofs.c):
 1. every existing ``trusted.overlay.*`` xattr is escaped to ``trusted.overlay.overlay.*``;
@@ -22,23 +22,13 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from diskci.atomic import atomic_path
-from diskci.build import erofs, fstree
-from diskci.build.fstree import Node
-from diskci.build.ingest import Ingest, object_path
-from diskci.errors import BuildError, UsageError
-from diskci.registry.mediatypes import (
-    ANNOTATION_ARCH,
-    ANNOTATION_COMPOSEFS,
-    ANNOTATION_COMPOSEFS_FORMAT,
-    ANNOTATION_COMPOSEFS_OBJECTS,
-    COMPOSEFS_IMAGE,
-)
-
-if TYPE_CHECKING:
-    from diskci.build.pipeline import BuildContext
+from diskci.errors import UsageError
+from diskci.formats import erofs, fstree
+from diskci.formats.fstree import Node
+from diskci.formats.ingest import Ingest, object_path
 
 MAGIC = 0xD078629A
 HEADER_VERSION = 1
@@ -241,34 +231,3 @@ def build(
                 tree, f, ingest=ingest, use_epoch=use_epoch, min_version=min_version, max_version=max_version
             )
     return result
-
-
-def stage(ctx: BuildContext) -> None:
-    """Stage 2: ``<arch>/rootfs.tar`` → ``<arch>/rootfs.cfs`` + ``<arch>/objects/`` (both or neither)."""
-    arch_dir = ctx.arch_dir
-    tarball = arch_dir / "rootfs.tar"
-    if not tarball.is_file():
-        raise BuildError(f"{tarball} is missing: run the rootfs stage first")
-    image, objects = arch_dir / "rootfs.cfs", arch_dir / "objects"
-    ctx.report("reading rootfs.tar, hashing files and filling the object store")
-    with atomic_path(image) as tmp_image, atomic_path(objects, directory=True) as tmp_objects:
-        os.chmod(tmp_objects, 0o755)
-        with Ingest(tmp_objects, fresh=True) as ingest:
-            tree = fstree.from_tar(tarball, on_file=ingest.submit)
-            with open(tmp_image, "wb") as f:
-                result = write(tree, f, ingest=ingest)
-    artifact = ctx.add_artifact(
-        image,
-        COMPOSEFS_IMAGE,
-        with_fsverity=True,
-        annotations={
-            ANNOTATION_COMPOSEFS: result.digest,
-            ANNOTATION_ARCH: ctx.arch.value,
-            ANNOTATION_COMPOSEFS_FORMAT: str(result.format_version),
-            ANNOTATION_COMPOSEFS_OBJECTS: str(result.objects),
-        },
-    )
-    if artifact.fsverity != result.digest:
-        raise BuildError(f"{image}: fs-verity digest changed after writing ({artifact.fsverity})")
-    ctx.record.composefs_digest = result.digest
-    ctx.report(f"composefs digest {result.digest}, {result.objects} objects")

@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diskci.build.manifest import ArchBuild, Artifact, BuildManifest
 from diskci.console import Step, step
 from diskci.errors import BuildError, UsageError
+from diskci.manifest import ArchBuild, Artifact, BuildManifest
 from diskci.spec import Architecture, PlatformSpec, load_spec
 
 
@@ -35,16 +35,16 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("rootfs", "diskci.build.rootfs:stage", (), "root filesystem tarball (mmdebstrap)"),
-    Stage("composefs", "diskci.build.composefs:stage", ("rootfs",), "composefs image + object store"),
-    Stage("kernel", "diskci.build.artifacts.kernel:stage", ("rootfs",), "the kernel (vmlinuz)"),
-    Stage("rootimage", "diskci.build.artifacts.rootimage:stage", ("rootfs",), "compressed root image"),
-    Stage("initramfs", "diskci.build.initramfs.builder:stage", ("rootfs", "kernel"), "netboot initramfs"),
-    Stage("ipxe", "diskci.build.artifacts.ipxe:stage", ("kernel", "initramfs", "rootimage"), "boot.ipxe"),
-    Stage("raw", "diskci.build.artifacts.raw:stage", ("kernel", "initramfs", "rootimage"), "GPT disk"),
-    Stage("qcow2", "diskci.build.artifacts.qcow2:stage", ("raw",), "qcow2 disk"),
-    Stage("iso", "diskci.build.artifacts.iso:stage", ("kernel", "initramfs", "rootimage"), "hybrid ISO"),
-    Stage("oci", "diskci.build.artifacts.oci:stage", ("rootfs",), "OCI image layout"),
+    Stage("rootfs", "diskci.image.rootfs:stage", (), "root filesystem tarball (mmdebstrap)"),
+    Stage("composefs", "diskci.image.composefs_stage:stage", ("rootfs",), "composefs image + object store"),
+    Stage("kernel", "diskci.image.artifacts.kernel:stage", ("rootfs",), "the kernel (vmlinuz)"),
+    Stage("rootimage", "diskci.image.artifacts.rootimage:stage", ("rootfs",), "compressed root image"),
+    Stage("initramfs", "diskci.image.initramfs.builder:stage", ("rootfs", "kernel"), "netboot initramfs"),
+    Stage("ipxe", "diskci.image.artifacts.ipxe:stage", ("kernel", "initramfs", "rootimage"), "boot.ipxe"),
+    Stage("raw", "diskci.image.artifacts.raw:stage", ("kernel", "initramfs", "rootimage"), "GPT disk"),
+    Stage("qcow2", "diskci.image.artifacts.qcow2:stage", ("raw",), "qcow2 disk"),
+    Stage("iso", "diskci.image.artifacts.iso:stage", ("kernel", "initramfs", "rootimage"), "hybrid ISO"),
+    Stage("oci", "diskci.image.artifacts.oci:stage", ("rootfs",), "OCI image layout"),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

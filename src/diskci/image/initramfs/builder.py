@@ -1,6 +1,6 @@
 """The netboot initramfs: ``<arch>/initramfs.img``, built by diskci rather than the distribution's tools.
 
-A deterministic newc cpio (``diskci.build.cpio``) compressed with zstd at fixed parameters, holding:
+A deterministic newc cpio (``diskci.formats.cpio``) compressed with zstd at fixed parameters, holding:
 the root filesystem's static busybox with a link per applet (read from the binary's own sorted applet
 name table, so a foreign-architecture busybox needs no emulation), the kernel modules a netboot or
 disk/CD boot needs with their dependency closure from modules.dep plus the depmod text files busybox
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from importlib import resources
 
 from diskci.atomic import atomic_path
-from diskci.build.artifacts.kernel import find_kernel
-from diskci.build.artifacts.rootfs_tar import RootfsTarball, rootfs_tar_path
-from diskci.build.cpio import CpioArchive
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
+from diskci.formats.cpio import CpioArchive
+from diskci.image.artifacts.kernel import find_kernel
+from diskci.image.artifacts.rootfs_tar import RootfsTarball, rootfs_tar_path
+from diskci.image.pipeline import BuildContext
+from diskci.mediatypes import INITRAMFS
 from diskci.process import require_tool, run, tool_version
-from diskci.registry.mediatypes import INITRAMFS
 
 # Loaded by the init, in this order; each must be a module or built in.
 REQUIRED_MODULES = ("virtio_pci", "virtio_net", "loop", "squashfs", "overlay")
@@ -204,7 +204,7 @@ def _filter_lines(text: str, keep: set[str], field: int, rename: dict[str, str])
 
 
 def _script(name: str) -> bytes:
-    return resources.files("diskci.build.initramfs").joinpath(name).read_bytes()
+    return resources.files("diskci.image.initramfs").joinpath(name).read_bytes()
 
 
 def build_archive(root: RootfsTarball, *, mtime: int) -> tuple[CpioArchive, str, ModuleSet]:

@@ -13,8 +13,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from diskci.build.manifest import BuildManifest
 from diskci.errors import BuildError
+from diskci.manifest import BuildManifest
 
 log = logging.getLogger(__name__)
 

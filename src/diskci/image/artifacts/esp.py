@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError, ResourceError
+from diskci.image.pipeline import BuildContext
 from diskci.process import require_tool, run, tool_version
 from diskci.spec import Architecture
 

@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from diskci.atomic import atomic_path
-from diskci.build.artifacts.esp import rootfs_tar
-from diskci.build.manifest import sha256_file
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
-from diskci.process import require_tool, run, tool_version
-from diskci.registry.mediatypes import (
+from diskci.image.artifacts.esp import rootfs_tar
+from diskci.image.pipeline import BuildContext
+from diskci.manifest import sha256_file
+from diskci.mediatypes import (
     ANNOTATION_CREATED,
     ANNOTATION_REF_NAME,
     ANNOTATION_TITLE,
@@ -39,6 +38,7 @@ from diskci.registry.mediatypes import (
     OCI_LAYOUT_VERSION,
     OCI_MANIFEST,
 )
+from diskci.process import require_tool, run, tool_version
 from diskci.spec import Architecture
 
 ZSTD_LEVEL = 3

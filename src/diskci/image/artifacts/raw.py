@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diskci.atomic import atomic_path
-from diskci.build.artifacts import esp
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
+from diskci.image.artifacts import esp
+from diskci.image.pipeline import BuildContext
+from diskci.mediatypes import DISK_RAW
 from diskci.process import require_tool, run, tool_version
-from diskci.registry.mediatypes import DISK_RAW
 
 ROOT_LABEL = "diskci-root"
 ESP_LABEL = "diskci-esp"

@@ -12,9 +12,9 @@ chaining script may also ``set diskci_base <URL>`` before ``chain``.
 from __future__ import annotations
 
 from diskci.atomic import atomic_path
-from diskci.build.pipeline import BuildContext
 from diskci.errors import BuildError
-from diskci.registry.mediatypes import IPXE_SCRIPT
+from diskci.image.pipeline import BuildContext
+from diskci.mediatypes import IPXE_SCRIPT
 
 KERNEL = "vmlinuz"
 INITRD = "initramfs.img"

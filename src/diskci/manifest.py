@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from diskci import __version__
 from diskci.atomic import write_text
-from diskci.build import fsverity
 from diskci.errors import BuildError
-from diskci.registry.mediatypes import BUILD_SCHEMA
+from diskci.formats import fsverity
+from diskci.mediatypes import BUILD_SCHEMA
 
 FILENAME = "build.json"
 

@@ -1,1 +1,0 @@
-"""The image pipeline: pure functions from inputs to files. Never imports diskci.platform."""
