@@ -15,7 +15,7 @@ import typer
 
 from diskci.cli.output import print_json, stdout
 from diskci.errors import UsageError
-from diskci.platform.actions.registry import ActionSpec, invoke, load_all
+from diskci.platform.actions.catalog import ActionSpec, invoke, load_all
 from diskci.platform.db.models import Role
 
 platform_app = typer.Typer(

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskci.errors import NotFound
-from diskci.platform.actions.registry import ActionContext, ActionModel, UtcDatetime, action
+from diskci.platform.actions.catalog import ActionContext, ActionModel, UtcDatetime, action
 from diskci.platform.db.models import Event, NodePlatform, Role, Task, utcnow
 
 

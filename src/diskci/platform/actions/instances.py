@@ -10,9 +10,9 @@ from pydantic import Field, field_validator
 from sqlalchemy import func, select
 
 from diskci.errors import Conflict
+from diskci.platform.actions.catalog import ActionContext, ActionModel, Empty, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
-from diskci.platform.actions.registry import ActionContext, ActionModel, Empty, action
 from diskci.platform.db.models import (
     DiskImagePublication,
     DiskImageWebhook,

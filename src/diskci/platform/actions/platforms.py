@@ -11,8 +11,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, InvalidRequest, NotFound
+from diskci.platform.actions.catalog import ActionContext, ActionModel, Empty, action
 from diskci.platform.actions.events import record_event
-from diskci.platform.actions.registry import ActionContext, ActionModel, Empty, action
 from diskci.platform.db.models import NodePlatform, Role
 from diskci.spec import Architecture
 

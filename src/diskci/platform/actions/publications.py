@@ -10,9 +10,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, NotFound
+from diskci.platform.actions.catalog import ActionContext, ActionModel, UtcDatetime, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
-from diskci.platform.actions.registry import ActionContext, ActionModel, UtcDatetime, action
 from diskci.platform.db.models import DiskImagePublication, NodePlatform, PublicationStatus, Role
 
 StatusName = Literal["processing", "published", "failed", "pruned"]

@@ -7,9 +7,9 @@ from datetime import datetime
 from pydantic import Field, model_validator
 
 from diskci.errors import PlatformError
+from diskci.platform.actions.catalog import ActionContext, ActionModel, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
-from diskci.platform.actions.registry import ActionContext, ActionModel, action
 from diskci.platform.db.models import Role
 
 

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, NotFound, Unauthorized
+from diskci.platform.actions.catalog import ActionContext, ActionModel, Empty, action
 from diskci.platform.actions.events import record_event
-from diskci.platform.actions.registry import ActionContext, ActionModel, Empty, action
 from diskci.platform.db.models import ApiToken, Role, utcnow
 
 TOKEN_PREFIX = "dci_"

@@ -13,9 +13,9 @@ from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from diskci.platform.actions.catalog import ActionContext, ActionModel, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
-from diskci.platform.actions.registry import ActionContext, ActionModel, action
 from diskci.platform.db.models import DiskImageWebhook, NodePlatform, Role
 from diskci.platform.secrets import SecretBox, fingerprint, generate_secret
 

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from diskci import __version__
 from diskci.errors import DiskciError, InvalidRequest, Unauthorized
-from diskci.platform.actions.registry import ActionSpec, DatabaseUnavailable, invoke, load_all
+from diskci.platform.actions.catalog import ActionSpec, DatabaseUnavailable, invoke, load_all
 from diskci.platform.db.session import Database, configure, set_default
 from diskci.platform.http.auth import Principal, current_principal
 from diskci.platform.settings import PlatformSettings

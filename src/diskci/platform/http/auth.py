@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 
 from diskci.errors import Unauthorized
-from diskci.platform.actions.registry import DatabaseUnavailable
+from diskci.platform.actions.catalog import DatabaseUnavailable
 from diskci.platform.actions.tokens import authenticate
 from diskci.platform.db.models import ApiToken, Role, utcnow
 from diskci.platform.db.session import Database

@@ -33,8 +33,8 @@ from starlette.concurrency import run_in_threadpool
 
 from diskci.errors import Conflict, InvalidRequest, PlatformError, Unauthorized
 from diskci.notify import DiskImageBuilt  # the payload schema, shared with the sender
+from diskci.platform.actions.catalog import validation_detail
 from diskci.platform.actions.events import record_event
-from diskci.platform.actions.registry import validation_detail
 from diskci.platform.actions.webhooks import WEBHOOK_PATH, valid_secrets, webhook_for
 from diskci.platform.db.models import Task, TaskStatus, WebhookDelivery, utcnow
 from diskci.platform.db.session import Database

@@ -1,8 +1,8 @@
-"""The action registry: every operator operation once, as (pydantic input, function, pydantic output).
+"""The action catalog: every operator operation once, as (pydantic input, function, pydantic output).
 
 An action is a plain function ``def f(ctx: ActionContext, data: Input) -> Output`` registered with
 ``@action(name, Input, Output, role)``. The HTTP API, the CLI and the MCP server are generated from
-this registry and run actions only through ``invoke()``, which validates the input, checks the
+this catalog and run actions only through ``invoke()``, which validates the input, checks the
 caller's role and runs the function in one unit of work (commit once, or roll back).
 """
 
@@ -91,7 +91,7 @@ class ActionSpec:
     read_only: bool
 
 
-_REGISTRY: dict[str, ActionSpec] = {}
+_CATALOG: dict[str, ActionSpec] = {}
 
 
 class DuplicateAction(Exception):
@@ -110,11 +110,11 @@ def action(
     """Register ``func`` as the action ``name``; its docstring is the help text (first line: summary)."""
 
     def decorate(func: Callable[[ActionContext, In], Out]) -> Callable[[ActionContext, In], Out]:
-        if name in _REGISTRY and _REGISTRY[name].func is not func:
+        if name in _CATALOG and _CATALOG[name].func is not func:
             raise DuplicateAction(f"action {name!r} is registered twice")
         doc = inspect.cleandoc(func.__doc__ or name)
         summary = doc.partition("\n")[0]
-        _REGISTRY[name] = ActionSpec(
+        _CATALOG[name] = ActionSpec(
             name=name,
             input_model=input_model,
             output_model=output_model,
@@ -135,7 +135,7 @@ def load_all() -> Mapping[str, ActionSpec]:
     for module in ACTION_MODULES:
         importlib.import_module(module)
     order = {module: i for i, module in enumerate(ACTION_MODULES)}
-    specs = sorted(_REGISTRY.values(), key=lambda s: order.get(s.func.__module__, len(order)))
+    specs = sorted(_CATALOG.values(), key=lambda s: order.get(s.func.__module__, len(order)))
     return {spec.name: spec for spec in specs}
 
 
