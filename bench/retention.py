@@ -37,8 +37,9 @@ def seed(database: Any, layouts: Path, blobs: Any, args: argparse.Namespace) -> 
     from sqlalchemy import insert, update
 
     from diskci import mediatypes as mt
+    from diskci.canonical import canonical_json
     from diskci.platform.db.models import DiskImagePublication, NodePlatform
-    from diskci.registry.client import Descriptor, canonical_json, open_registry
+    from diskci.registry import Descriptor, open_registry
 
     rng = random.Random(42)
     now = datetime.now(UTC)

@@ -6,7 +6,9 @@ marked ``postgres``), in a schema unique to this test session and migrated with 
 starts from empty tables (they are emptied after every test).
 
 Nothing here writes outside pytest's temporary directories: ``DISKCI_STATE_DIR`` (and so the default
-SQLite queue of ``diskci.platform.tasks``) points into one for the whole run unless already set.
+SQLite queue, ``diskci.platform.tasks.huey``) points into one for the whole run unless already set.
+``platform_settings`` uses that same queue, so an app built on them without an ``enqueue`` double
+queues where ``diskci.platform.tasks.huey`` looks.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 POSTGRES_URL = os.environ.get("DISKCI_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TEST_SECRET_KEY = "test-secret-key-" + "k" * 32
+# Host checks (needs_tool, needs_mount): skip when the host lacks a tool or root, fail in CI instead.
+pytest_plugins = ["host_tools"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,6 +102,12 @@ def platform_db(migrated_db: Database) -> Iterator[Database]:
         _empty_tables(migrated_db)
 
 
+def session_queue_url() -> str:
+    """The queue ``diskci.platform.tasks.huey`` uses in this run (the environment's settings)."""
+    state_dir = Path(os.environ["DISKCI_STATE_DIR"])
+    return os.environ.get("DISKCI_QUEUE_URL") or f"sqlite:///{state_dir / 'queue.db'}"
+
+
 @pytest.fixture
 def platform_settings(platform_db: Database, tmp_path: Path) -> PlatformSettings:
     from diskci.platform.settings import PlatformSettings
@@ -105,6 +115,7 @@ def platform_settings(platform_db: Database, tmp_path: Path) -> PlatformSettings
     return PlatformSettings(
         state_dir=tmp_path / "state",
         database_url=platform_db.url,
+        queue_url=session_queue_url(),
         secret_key=TEST_SECRET_KEY,  # type: ignore[arg-type]
         public_base_url="http://127.0.0.1:8480",
     )

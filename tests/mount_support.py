@@ -1,15 +1,22 @@
 """What the mount tests need from the host (root, loop devices, erofs, overlayfs), and why not when not;
-and a composefs image mounted as composefs mounts it."""
+and a composefs image mounted as composefs mounts it.
+
+Missing root fails in CI (see host_tools); loop devices and the kernel's filesystems are the host
+kernel's, not something ``make setup`` installs, so without them the tests skip in CI too.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from host_tools import needs, require_root, unavailable
 
 
 def _kernel_has(fs: str) -> bool:
@@ -18,16 +25,20 @@ def _kernel_has(fs: str) -> bool:
     return any(Path("/lib/modules").glob(f"{os.uname().release}/**/{fs}.ko*"))
 
 
-def mount_unavailable(*filesystems: str) -> str | None:
-    """Why images cannot be loop-mounted with ``filesystems`` here, or None when they can."""
-    if os.geteuid() != 0:
-        return "needs root to loop-mount images"
+def require_mountable(*filesystems: str) -> None:
+    """Skip (or fail in CI, for root) unless images can be loop-mounted with ``filesystems`` here."""
+    require_root("needs root to loop-mount images")
     if not Path("/dev/loop-control").exists():
-        return "no loop devices (/dev/loop-control missing)"
+        unavailable("no loop devices (/dev/loop-control missing)", ci_guarantee=None)
     for fs in filesystems:
         if not _kernel_has(fs):
-            return f"the kernel has no {'overlayfs' if fs == 'overlay' else fs} support"
-    return None
+            name = "overlayfs" if fs == "overlay" else fs
+            unavailable(f"the kernel has no {name} support", ci_guarantee=None)
+
+
+def needs_mount(*filesystems: str) -> pytest.MarkDecorator:
+    """Mark a test (or module) as loop-mounting images with ``filesystems`` (see ``require_mountable``)."""
+    return needs(functools.partial(require_mountable, *filesystems))
 
 
 @contextlib.contextmanager
@@ -43,7 +54,8 @@ def composefs_mounted(image: Path, objects: Path, base: Path) -> Iterator[Path]:
             ["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)], capture_output=True
         )
         if proc.returncode != 0:
-            pytest.skip(f"overlayfs with data-only lower layers is not available: {proc.stderr.decode()}")
+            reason = f"overlayfs with data-only lower layers is not available: {proc.stderr.decode()}"
+            unavailable(reason, ci_guarantee=None)  # a kernel feature (Linux 6.5+), not installed by setup
         try:
             yield merged
         finally:

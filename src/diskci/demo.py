@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +31,7 @@ import httpx
 
 from diskci.console import step
 from diskci.errors import BuildError, DiskciError, ResourceError
-from diskci.process import require_tool
+from diskci.process import Child, require_tool, run, spawn
 from diskci.qemu import QemuConsole
 from diskci.spec import Architecture, PlatformSpec, load_spec
 
@@ -81,16 +79,16 @@ def _free_port() -> int:
 def diskci_command(*args: str | Path, env: dict[str, str] | None = None) -> dict[str, Any] | str:
     """Run ``diskci ARGS`` (the real CLI, this interpreter); parse JSON output when ``--json`` is given."""
     argv = [sys.executable, "-m", "diskci.cli.main", *map(str, args)]
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
-    )
+    proc = run(argv, env=env, inherit_env=True, check=False)
+    stdout = proc.stdout.decode(errors="replace")
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-25:])
+        text = proc.stderr.decode(errors="replace") or stdout
+        tail = "\n".join(text.strip().splitlines()[-25:])
         raise DemoError(f"`diskci {' '.join(map(str, args))}` failed (exit {proc.returncode}):\n{tail}")
     if "--json" in args:
-        data: dict[str, Any] = json.loads(proc.stdout)
+        data: dict[str, Any] = json.loads(stdout)
         return data
-    return proc.stdout
+    return stdout
 
 
 class PlatformServer:
@@ -101,7 +99,7 @@ class PlatformServer:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = state_dir / "serve.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._stack = contextlib.ExitStack()
 
     def env(self) -> dict[str, str]:
         return {
@@ -112,22 +110,30 @@ class PlatformServer:
 
     def __enter__(self) -> PlatformServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "diskci.cli.main", "platform", "serve", "--port", str(self.port)],
-            env={**os.environ, **self.env()},
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        child = self._stack.enter_context(
+            spawn(
+                [sys.executable, "-m", "diskci.cli.main", "platform", "serve", "--port", str(self.port)],
+                env=self.env(),
+                inherit_env=True,
+                log_file=self.log_path,
+                term_wait=20.0,
+            )
         )
-        log.close()
+        try:
+            self._wait_until_serving(child)
+        except BaseException:
+            self._stack.close()  # a server that did not come up is stopped again
+            raise
+        return self
+
+    def _wait_until_serving(self, child: Child) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            if child.poll() is not None:
                 raise DemoError(f"the platform exited at start; see {self.log_path}:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/healthz", timeout=2).status_code == 200:
-                    return self
+                    return
             time.sleep(0.3)
         raise DemoError(f"the platform did not answer /healthz within 60 s; see {self.log_path}")
 
@@ -138,13 +144,7 @@ class PlatformServer:
             return ""
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self._stack.close()  # SIGTERM, 20 s, then SIGKILL
 
     def action(self, name: str, data: dict[str, Any], *, yes: bool = False) -> dict[str, Any]:
         args: list[str | Path] = ["platform", name, "--data", json.dumps(data), "--json"]

@@ -3,24 +3,68 @@
 Only the CLI (and the HTTP error handler) turn an error into a message and an exit code or status;
 everything else raises. Third-party errors are translated at the boundary (``raise X(...) from exc``).
 
+Every error class of the package, with the module of those that live outside this one (a domain error
+stays next to the code that raises it; only the families live here). tests/unit/test_error_tree.py
+checks that this drawing and the classes agree:
+
     DiskciError                      exit 1; ``diagnostics()`` is the one-paragraph message
     ├── UsageError                   exit 2: a bad flag or argument combination
+    │   ├── InsecureSettings         (platform.settings) a well-known, short or world-readable secret
+    │   └── InvalidReference         (registry.reference) a reference that cannot be parsed
     ├── SpecError                    exit 2: an invalid platform spec (every problem, with its field path)
     ├── ToolError                    an external tool failed: argv, exit status, tail of its output
     ├── BuildError                   a build stage could not do its job
     │   ├── CacheError
+    │   ├── MirrorError              (image.mirror) the mirror is unreachable or lacks the suite
     │   └── ResourceError            not enough disk, a missing package, no emulation
+    │       └── BootLoaderMissing    (image.artifacts.esp) no UEFI boot loader in the root filesystem
     ├── FormatError                  bad input to a format writer/reader (tar, EROFS, composefs, cpio)
+    │   ├── ErofsError               (formats.erofs) the tree cannot be written as EROFS
+    │   ├── IngestError              (formats.ingest) a file could not be read as its size says
+    │   └── TreeFormatError          (formats.fstree) a tarball or directory cannot be represented
     ├── SupplyChainError             signing authority and bundle problems
+    │   ├── AuthorityError           (supplychain.authority) cannot create, open or issue
+    │   ├── PolicyMismatch           (supplychain.policy) not the policy's signer; a sigstore error too
     │   └── VerificationFailed       carries a machine-readable ``reason`` code
     ├── RegistryError                OCI registry or layout problems
     ├── NotifyError                  webhook delivery failed
-    └── PlatformError                control-plane errors; each carries its HTTP status
+    ├── BootTimeout                  (qemu) the awaited console line did not come; the console tail
+    ├── DemoError                    (demo) a step of ``diskci demo`` did not do what it should
+    └── PlatformError                control-plane errors; each carries its HTTP status (500 by default)
+        ├── BodyTooLarge             (platform.http.webhooks) 413
+        ├── DatabaseUnavailable      (platform.actions.catalog) 503
+        ├── DuplicateAction          (platform.actions.catalog) an action name registered twice
+        ├── PortUnavailable          (platform.ports) 503: the adapter was not given a port it needs
+        ├── PreviewNotAvailable      (platform.actions.retention)
+        ├── QueueUnavailable         (platform.http.webhooks) 503
+        ├── RetryLater               (platform.services.publication_processor) 503: a transient failure
+        ├── SecretDecryptionFailed   (platform.secrets) the secret key changed, or the value was altered
         ├── NotFound                 404
+        │   ├── PlatformNotFound     (platform.actions.platforms)
+        │   ├── PublicationNotFound  (platform.actions.publications)
+        │   ├── TaskNotFound         (platform.actions.events)
+        │   └── TokenNotFound        (platform.actions.tokens)
         ├── Conflict                 409
+        │   ├── ConcurrentChange     (platform.actions.catalog) a racing change won
+        │   ├── MacAddressInUse      (platform.actions.instances)
+        │   ├── PlatformExists       (platform.actions.platforms)
+        │   ├── PublicationNotPublishable  (platform.actions.publications)
+        │   ├── ReplayedDelivery     (platform.http.webhooks)
+        │   ├── RetentionLocked      (platform.services.retention) another worker is pruning
+        │   └── TokenExists          (platform.actions.tokens)
         ├── Unauthorized             401
+        │   ├── BadSignature         (platform.http.webhooks)
+        │   ├── InvalidToken         (platform.actions.tokens)
+        │   ├── MissingToken         (platform.http.auth)
+        │   └── StaleDelivery        (platform.http.webhooks)
         ├── Forbidden                403
-        └── InvalidRequest           400
+        └── InvalidRequest           400, exit 2
+            ├── ConfirmationRequired (platform.actions.catalog) 428: a destructive action, unconfirmed
+            ├── InvalidDigest        (platform.services.blobcache) not a sha256 digest
+            ├── InvalidMacAddress    (platform.actions.instances) also a ValueError, for pydantic
+            ├── InvalidPlatform      (platform.actions.platforms)
+            ├── MalformedDelivery    (platform.http.webhooks)
+            └── UnknownAction        (platform.actions.catalog) 404
 """
 
 from __future__ import annotations

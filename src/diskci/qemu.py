@@ -1,20 +1,36 @@
 """A QEMU machine whose serial console is read line by line: used by ``diskci demo`` and the boot tests.
 
-``with QemuConsole(argv) as vm: vm.wait_for(r"diskci: booted", timeout=300)``; ``wait_for`` fails with the
-last console lines, so a boot that goes wrong shows where it stopped. QEMU always runs with TCG and
-user-mode networking (the callers build the argv).
+``with QemuConsole(argv) as vm: vm.wait_for(r"diskci: booted", timeout=300)``; ``wait_for`` fails with
+``BootTimeout`` carrying the last console lines, so a boot that goes wrong shows where it stopped. QEMU
+always runs with TCG and user-mode networking (the callers build the argv); it is started and stopped
+by ``diskci.process.spawn``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from diskci.errors import DiskciError
+from diskci.process import Child, spawn
+
 TAIL_LINES = 60
+
+
+class BootTimeout(DiskciError):
+    """The console line a boot waited for did not come in time, or QEMU exited first; the message
+    names the pattern and holds the last console lines."""
+
+    def __init__(self, pattern: str, why: str, elapsed: float, tail: str) -> None:
+        self.pattern = pattern
+        self.tail = tail
+        super().__init__(
+            f"{why} waiting for /{pattern}/ after {elapsed:.1f}s; last {TAIL_LINES} console lines:\n" + tail
+        )
 
 
 class QemuConsole:
@@ -26,15 +42,14 @@ class QemuConsole:
         self.lines: list[str] = []
         self.started = 0.0
         self._cond = threading.Condition()
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._stack = contextlib.ExitStack()
+        self._child: Child | None = None
         self._reader: threading.Thread | None = None
         self._eof = False
 
     def __enter__(self) -> QemuConsole:
         self.started = time.monotonic()
-        self._proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        self._child = self._stack.enter_context(spawn(self.argv, term_wait=10.0))
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         return self
@@ -43,10 +58,10 @@ class QemuConsole:
         self.stop()
 
     def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
+        assert self._child is not None and self._child.stdout is not None
         log = open(self.log_path, "w") if self.log_path else None  # noqa: SIM115
         try:
-            for raw in self._proc.stdout:
+            for raw in self._child.stdout:
                 line = raw.decode(errors="replace").replace("\r", "").rstrip("\n")
                 if log:
                     log.write(line + "\n")
@@ -75,7 +90,7 @@ class QemuConsole:
             return any(rx.search(line) for line in self.lines)
 
     def wait_for(self, pattern: str, *, timeout: float) -> str:
-        """The first console line matching ``pattern``; AssertionError (with the console tail) when the
+        """The first console line matching ``pattern``; BootTimeout (with the console tail) when the
         line does not come within ``timeout`` seconds or QEMU exits first."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
@@ -89,23 +104,13 @@ class QemuConsole:
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:
                     why = "QEMU exited" if self._eof else f"no match within {timeout:.0f}s"
-                    raise AssertionError(
-                        f"{why} waiting for /{pattern}/ after {self.elapsed:.1f}s; "
-                        f"last {TAIL_LINES} console lines:\n" + "\n".join(self.lines[-TAIL_LINES:])
-                    )
+                    raise BootTimeout(pattern, why, self.elapsed, "\n".join(self.lines[-TAIL_LINES:]))
                 self._cond.wait(min(left, 1.0))
 
     def stop(self) -> None:
-        if self._proc is None:
+        if self._child is None:
             return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        self._child.terminate()
         if self._reader is not None:
             self._reader.join(timeout=10)
-        if self._proc.stdout is not None:
-            self._proc.stdout.close()
+        self._stack.close()  # closes QEMU's output pipe

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from diskci.canonical import canonical_json
 from diskci.errors import SpecError
 
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -166,9 +167,8 @@ class PlatformSpec(BaseModel):
         return self.model_dump(mode="json")
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON of the normalized spec."""
-        canonical = json.dumps(self.normalized(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """sha256 of the normalized spec's canonical JSON, non-ASCII escaped (as spec digests always were)."""
+        return hashlib.sha256(canonical_json(self.normalized(), ascii_only=True)).hexdigest()
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

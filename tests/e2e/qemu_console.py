@@ -2,8 +2,8 @@
 and an HTTP server on 127.0.0.1 serving a directory (the guest reaches it as 10.0.2.2 through
 user-mode networking).
 
-Both are context managers. ``QemuConsole.wait_for`` fails with the last 60 console lines, so a boot that
-goes wrong shows where it stopped.
+Both are context managers. ``QemuConsole.wait_for`` fails with ``BootTimeout`` carrying the last 60
+console lines, so a boot that goes wrong shows where it stopped.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from diskci.qemu import TAIL_LINES, QemuConsole
+from diskci.qemu import TAIL_LINES, BootTimeout, QemuConsole
 
-__all__ = ["TAIL_LINES", "QemuConsole", "serve_directory"]
+__all__ = ["TAIL_LINES", "BootTimeout", "QemuConsole", "serve_directory"]
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):

@@ -13,10 +13,9 @@ from diskci.formats import composefs, fstree
 from diskci.formats.fsverity import digest_file
 from diskci.manifest import BuildManifest
 from diskci.mediatypes import COMPOSEFS_IMAGE
-from mount_support import composefs_mounted, mount_unavailable
+from mount_support import composefs_mounted, needs_mount
 
 pytestmark = pytest.mark.slow
-MOUNT_UNAVAILABLE = mount_unavailable("erofs", "overlay")
 
 _stages = [s.strip() for s in os.environ.get("DISKCI_TEST_STAGES", "").split(",") if s.strip()]
 if _stages and "composefs" not in _stages:
@@ -66,7 +65,7 @@ def test_object_store_holds_every_redirect(arch_dir: Path) -> None:
 
 
 @pytest.mark.root
-@pytest.mark.skipif(bool(MOUNT_UNAVAILABLE), reason=MOUNT_UNAVAILABLE or "")
+@needs_mount("erofs", "overlay")
 def test_mounted_tree_equals_the_tarball(arch_dir: Path, tmp_path: Path) -> None:
     want = fstree.describe(fstree.from_tar(arch_dir / "rootfs.tar"))
     with composefs_mounted(arch_dir / "rootfs.cfs", arch_dir / "objects", tmp_path) as merged:

@@ -24,6 +24,7 @@ import yaml
 from diskci.manifest import BuildManifest, sha256_file
 from diskci.mediatypes import PACKAGES_JSON, ROOTFS_TAR, SBOM_SPDX
 from diskci.spec import load_spec
+from polling import wait_until
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 EM_AARCH64 = 183  # ELF e_machine of arm64
@@ -277,13 +278,15 @@ def test_interrupted_build_leaves_nothing_half_written(tmp_path: Path, source_da
         env={**os.environ, "CI": "true"},
     )
     log = out / "amd64" / "logs" / "mmdebstrap.log"
-    deadline = time.monotonic() + 120
+
+    def installing() -> bool:
+        if "installing essential packages" in (log.read_text() if log.exists() else ""):
+            return True
+        assert proc.poll() is None, "the build never reached its install phase"
+        return False
+
     # interrupt (like ^C in a terminal: the whole process group) once packages are being installed
-    while "installing essential packages" not in (log.read_text() if log.exists() else ""):
-        assert proc.poll() is None and time.monotonic() < deadline, (
-            "the build never reached its install phase"
-        )
-        time.sleep(0.5)
+    wait_until(installing, 120, interval=0.5, what="the build to reach its install phase")
     os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0, output[-2000:]

@@ -5,17 +5,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from diskci import mediatypes as mt
 from diskci.manifest import Artifact, BuildManifest
+from diskci.process import spawn
 from diskci.supplychain.authority import SigningAuthority
+from polling import http_ok, wait_until
 
 ISSUER = "https://git.example.com"
 
@@ -56,29 +55,22 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
     )
-    log = open(root / "registry.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://{address}/v2/", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"docker-registry did not start: {(root / 'registry.log').read_text()[-2000:]}")
-            time.sleep(0.1)
+    # stopped when the fixture ends: SIGTERM, 10 s, then SIGKILL
+    with spawn([exe, "serve", str(config)], inherit_env=True, log_file=root / "registry.log") as proc:
+
+        def log_tail() -> str:
+            return (root / "registry.log").read_text()[-2000:]
+
+        def serving() -> bool:
+            if http_ok(f"http://{address}/v2/"):
+                return True
+            if proc.poll() is not None:
+                pytest.fail(f"docker-registry did not start: {log_tail()}")
+            return False
+
+        wait_until(serving, 20, what="docker-registry to start", detail=log_tail)
         yield RegistryServer(address, storage)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""``diskci authority serve`` as a real process; ``diskci sign --authority URL`` with a worker credential."""
+"""``diskci authority serve`` as a real process; ``diskci sign --authority URL`` with a signer credential."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,9 @@ from typer.testing import CliRunner
 from diskci.cli.main import app
 from diskci.errors import UsageError
 from diskci.supplychain.authority import SigningAuthority
-from diskci.supplychain.bundle import IdentityPolicy, verify_publication
+from diskci.supplychain.bundle import IdentityPolicy
+from diskci.supplychain.verifier import verify_publication
+from polling import http_ok, wait_until
 
 IDENTITY = "https://git.example.com/ops/images/.gitea/workflows/build.yaml@refs/tags/v2"
 
@@ -45,17 +46,16 @@ def test_sign_through_served_authority(make_build: Callable[..., Path], tmp_path
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/api/v1/log", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "authority serve did not start"
-            time.sleep(0.2)
+
+        def serving() -> bool:
+            if http_ok(f"{url}/api/v1/log"):
+                return True
+            assert proc.poll() is None, "authority serve did not start"
+            return False
+
+        wait_until(serving, 30, interval=0.2, what="authority serve to start")
         build = make_build()
-        cred = tmp_path / "worker.token"
+        cred = tmp_path / "signer.token"
         cred.write_text(token + "\n")
         runner = CliRunner()
         r = runner.invoke(
@@ -75,10 +75,10 @@ def test_sign_through_served_authority(make_build: Callable[..., Path], tmp_path
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["log_indexes"] == [0, 1]
         assert httpx.get(f"{url}/api/v1/log").json()["treeSize"] == 2
-        # a worker without a credential gets a clear refusal
+        # a signer without a credential gets a clear refusal
         r = runner.invoke(app, ["sign", str(build), "--identity", IDENTITY, "--authority", url])
         assert isinstance(r.exception, UsageError)
-        assert "needs a worker credential" in str(r.exception)
+        assert "needs a signer credential" in str(r.exception)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -1,6 +1,7 @@
 """Mount composefs images the way a 6.x kernel can without the composefs helper: the image as EROFS
 (loop, read-only), then overlayfs with the object store as a data-only lower layer. The merged tree must
-equal the source. Needs root, loop devices, erofs and overlayfs; skips with the reason otherwise.
+equal the source. Needs root, loop devices, erofs and overlayfs; skips with the reason otherwise (without
+root, fails in CI: see mount_support).
 """
 
 from __future__ import annotations
@@ -12,14 +13,9 @@ from pathlib import Path
 import pytest
 
 from diskci.formats import composefs, fstree
-from mount_support import composefs_mounted, mount_unavailable
+from mount_support import composefs_mounted, needs_mount
 
-pytestmark = pytest.mark.root
-
-
-REASON = mount_unavailable("erofs", "overlay")
-if REASON:
-    pytestmark = [pytest.mark.root, pytest.mark.skip(reason=REASON)]  # type: ignore[list-item]
+pytestmark = [pytest.mark.root, needs_mount("erofs", "overlay")]
 
 
 def make_source(base: Path) -> Path:

@@ -1,6 +1,7 @@
 """Loop-mount the images the EROFS writer makes and walk them: everything equals the source.
 
-Needs root, loop devices and the kernel's erofs support; skips with the reason otherwise.
+Needs root, loop devices and the kernel's erofs support; skips with the reason otherwise (without root,
+fails in CI: see mount_support).
 """
 
 from __future__ import annotations
@@ -18,14 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diskci.formats import erofs, fstree
-from mount_support import mount_unavailable
+from mount_support import needs_mount
 
-pytestmark = pytest.mark.root
-
-
-REASON = mount_unavailable("erofs")
-if REASON:
-    pytestmark = [pytest.mark.root, pytest.mark.skip(reason=REASON)]  # type: ignore[list-item]
+pytestmark = [pytest.mark.root, needs_mount("erofs")]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, text
 
 from diskci.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from diskci.platform.actions.registry import invoke, load_all
+from diskci.platform.actions.catalog import invoke, load_all
 from diskci.platform.db.models import DiskImagePublication, DiskImageWebhook, Event, NodePlatform, Role
 from diskci.platform.db.session import Database
 from diskci.platform.secrets import SecretBox

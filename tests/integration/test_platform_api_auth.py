@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from diskci.platform.actions.registry import load_all
+from diskci.platform.actions.catalog import load_all
 
 NEW_PLATFORM = {
     "name": "debian-12-amd64",

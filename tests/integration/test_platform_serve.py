@@ -3,8 +3,6 @@ queue consumer picking up a webhook delivery; SIGINT shuts it down cleanly."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import signal
@@ -14,12 +12,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
+from diskci.notify import sign_body
 from diskci.platform.actions.tokens import create_token
 from diskci.platform.db.models import Role
 from diskci.platform.db.session import Database
+from polling import http_ok, wait_until
 
 SECRET_KEY = "serve-test-key-" + "s" * 40
 
@@ -49,16 +50,14 @@ def test_serve_runs_api_and_consumer(tmp_path: Path) -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+
+        def serving() -> bool:
+            if http_ok(f"{base}/healthz"):
+                return True
             assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "serve did not come up in 30 s"
-            time.sleep(0.1)
+            return False
+
+        wait_until(serving, 30, what="serve to come up")
         db = Database(f"sqlite:///{state / 'platform.db'}")  # migrated by serve at start
         with db.session() as s:
             token = create_token(s, "root", Role.ADMIN, actor="test").token
@@ -92,22 +91,25 @@ def test_serve_runs_api_and_consumer(tmp_path: Path) -> None:
         ).encode()
         headers = {
             "Content-Type": "application/json",
-            "X-DiskCI-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+            "X-DiskCI-Signature-256": sign_body(secret.encode(), body),
             "X-DiskCI-Delivery": str(uuid.uuid4()),
             "X-DiskCI-Timestamp": str(int(time.time())),
         }
         r = httpx.post(f"{base}/api/v1/system/webhooks/disk_image_built", content=body, headers=headers)
         assert r.status_code == 202, r.text
         task_id = r.json()["task_id"]
-        deadline = time.monotonic() + 30
-        while True:  # the in-process consumer picks the task up
-            task = httpx.post(
-                f"{base}/api/v1/system_get_task", headers=auth, json={"task_id": task_id}
-            ).json()
-            if task["started_at"] is not None:
-                break
-            assert time.monotonic() < deadline, f"task never started: {task}"
-            time.sleep(0.2)
+
+        def get_task() -> Any:
+            url = f"{base}/api/v1/system_get_task"
+            return httpx.post(url, headers=auth, json={"task_id": task_id}).json()
+
+        def started_task() -> Any:
+            task = get_task()
+            return task if task["started_at"] is not None else None
+
+        task = wait_until(  # the in-process consumer picks the task up
+            started_task, 30, interval=0.2, what="the task to start", detail=lambda: f"task: {get_task()}"
+        )
         assert task["payload"] == {"delivery_id": headers["X-DiskCI-Delivery"]}
     finally:
         proc.send_signal(signal.SIGINT)

@@ -293,7 +293,7 @@ from pathlib import Path
 from diskci.platform.db.session import Database
 from diskci.platform.services.blobcache import BlobCache
 from diskci.platform.services.publication_processor import DiskImagePublicationProcessor
-from diskci.registry.client import open_registry
+from diskci.registry import open_registry
 
 class DiesMidDownload:
     def __init__(self, inner):

@@ -20,7 +20,9 @@ from diskci.registry.publication import PUBLICATION_BUNDLE, SIGNATURES_DIR, plan
 from diskci.registry.pull import pull_publication
 from diskci.registry.push import push_publication
 from diskci.supplychain.authority import SigningAuthority
-from diskci.supplychain.bundle import IdentityPolicy, sign_publication, verify_publication
+from diskci.supplychain.bundle import IdentityPolicy, sign_publication
+from diskci.supplychain.verifier import verify_publication
+from host_tools import needs_tool
 
 IDENTITY = "https://git.example.com/ops/images/.gitea/workflows/build.yaml@refs/tags/v0.3.0"
 ISSUER = "https://git.example.com"
@@ -66,9 +68,7 @@ def test_layout_roundtrip_and_idempotent(published: tuple[Path, str, Path], tmp_
     assert verify_publication(tmp_path / "pulled", POLICY, trusted_root=root).index_digest == again.digest
 
 
-@pytest.mark.skipif(
-    shutil.which("skopeo") is None, reason="skopeo (deploy/debian-packages.txt) not installed"
-)
+@needs_tool("skopeo", "deploy/debian-packages.txt")
 def test_runnable_image_is_readable_by_skopeo(published: tuple[Path, str, Path]) -> None:
     _build, ref, _root = published
     layout = ref.removeprefix("oci-layout:").rsplit(":", 1)[0]

@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 from diskci import mediatypes as mt
 from diskci.cli.main import app
 from diskci.errors import VerificationFailed
-from diskci.registry.client import BlobSource, open_registry
+from diskci.registry import BlobSource, open_registry
 from diskci.registry.publication import PUBLICATION_BUNDLE, SIGNATURES_DIR, plan_publication
 from diskci.registry.pull import pull_publication
 from diskci.registry.push import bundle_referrer, push_publication
 from diskci.supplychain.authority import SigningAuthority
-from diskci.supplychain.bundle import IdentityPolicy, sign_publication, verify_publication
+from diskci.supplychain.bundle import IdentityPolicy, sign_publication
 from diskci.supplychain.tlog import LogEntry
+from diskci.supplychain.verifier import verify_publication
 
 IDENTITY = "https://git.example.com/ops/images/.gitea/workflows/build.yaml@refs/tags/v0.3.0"
 IDENTITY_REGEXP = r"https://git\.example\.com/ops/images/\.gitea/workflows/build\.yaml@refs/tags/v.*"

@@ -1,4 +1,4 @@
-"""The processor and retention on a Redis-backed huey queue, consumed by TWO ``diskci platform worker``
+"""The processor and retention on a Redis-backed huey queue, consumed by TWO ``diskci platform consume``
 processes at once (Redis at 127.0.0.1:6379, a queue name unique to the test), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,16 +20,19 @@ from diskci.platform.db.models import DiskImagePublication, Event, Task, Webhook
 from diskci.platform.db.session import Database
 from diskci.platform.settings import PlatformSettings
 from diskci.supplychain.authority import SigningAuthority
+from polling import wait_until
 
 pytestmark = pytest.mark.redis
 
 REDIS = "redis://127.0.0.1:6379/0"
 _ENQUEUE = """
 import sys
-from diskci.platform import tasks
+from diskci.platform.settings import PlatformSettings
+from diskci.platform.tasks import TaskQueue
+queue = TaskQueue(PlatformSettings())
 kind = sys.argv[1]
 for arg in sys.argv[2:]:
-    print(tasks.enqueue_publication(arg) if kind == "publication" else tasks.retention_now().id, flush=True)
+    print(queue.enqueue_publication(arg) if kind == "publication" else queue.retention_now().id, flush=True)
 """
 
 
@@ -52,7 +54,7 @@ def queue_env(platform_db: Database, tmp_path: Path) -> Iterator[dict[str, str]]
 
 @pytest.fixture
 def workers(queue_env: dict[str, str], tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Two consumer processes (one worker thread each) on the test's queue."""
+    """Two queue consumer processes (one thread each) on the test's queue."""
     procs = []
     logs = []
     for n in range(2):
@@ -65,7 +67,7 @@ def workers(queue_env: dict[str, str], tmp_path: Path) -> Iterator[list[subproce
                     "-c",
                     "from diskci.cli.main import main; main()",
                     "platform",
-                    "worker",
+                    "consume",
                     "-w",
                     "1",
                 ],
@@ -99,16 +101,21 @@ def _enqueue(env: dict[str, str], kind: str, *args: str) -> list[str]:
 
 
 def _wait(condition: Any, what: str, procs: list[subprocess.Popen[bytes]], tmp_path: Path) -> None:
-    deadline = time.monotonic() + 90
-    while not condition():
+    def done() -> bool:
+        if condition():
+            return True
         dead = [p.returncode for p in procs if p.poll() is not None]
-        if dead or time.monotonic() > deadline:
-            logs = "\n".join((tmp_path / f"worker-{n}.log").read_text()[-1500:] for n in range(2))
-            pytest.fail(f"{what}: workers exited {dead}" if dead else f"{what}: timed out\n{logs}")
-        time.sleep(0.2)
+        if dead:
+            pytest.fail(f"{what}: workers exited {dead}")
+        return False
+
+    def logs() -> str:
+        return "\n".join((tmp_path / f"worker-{n}.log").read_text()[-1500:] for n in range(2))
+
+    wait_until(done, 90, interval=0.2, what=what, detail=logs)
 
 
-def test_two_worker_processes_process_and_prune(
+def test_two_queue_consumers_process_and_prune(
     platform_db: Database,
     queue_env: dict[str, str],
     workers: list[subprocess.Popen[bytes]],
@@ -188,11 +195,12 @@ def test_two_worker_processes_process_and_prune(
 
 
 def test_daily_retention_runs_at_the_configured_time() -> None:
-    from diskci.platform import tasks
+    from diskci.platform.tasks import TaskQueue
 
-    hour, minute = tasks.settings.retention_hour, tasks.settings.retention_minute
+    queue = TaskQueue(PlatformSettings())
+    hour, minute = queue.settings.retention_hour, queue.settings.retention_minute
     due = datetime(2026, 1, 5, hour, minute)
-    task = tasks.retention_daily.s()
+    task = queue.retention_daily.s()
     assert task.validate_datetime(due)
     assert not task.validate_datetime(due + timedelta(minutes=1))
     assert not task.validate_datetime(due + timedelta(hours=1))

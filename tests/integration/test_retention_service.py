@@ -27,7 +27,7 @@ from diskci.platform.services.retention import (
     RetentionLocked,
     delete_publication,
 )
-from diskci.registry.client import open_registry
+from diskci.registry import open_registry
 from diskci.supplychain.authority import SigningAuthority
 
 NOW = datetime.now(UTC)

@@ -6,8 +6,6 @@ no event, nothing queued.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -18,10 +16,12 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from diskci.platform.actions.registry import invoke
+from diskci.notify import sign_body
+from diskci.platform.actions.catalog import invoke
 from diskci.platform.db.models import DiskImageWebhook, Event, Role, Task, WebhookDelivery
 from diskci.platform.db.session import Database
 from diskci.platform.settings import PlatformSettings
+from polling import wait_until
 
 URL = "/api/v1/system/webhooks/disk_image_built"
 PLATFORM = "debian-12-amd64"
@@ -45,7 +45,7 @@ def headers(
 ) -> dict[str, str]:
     return {
         "Content-Type": "application/json",
-        "X-DiskCI-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        "X-DiskCI-Signature-256": sign_body(secret.encode(), body),
         "X-DiskCI-Delivery": delivery or str(uuid.uuid4()),
         "X-DiskCI-Timestamp": str(ts if ts is not None else int(time.time())),
     }
@@ -315,10 +315,7 @@ def test_diskci_notify_delivers_to_a_live_server(
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.started
+        wait_until(lambda: server.started, 10, interval=0.02, what="the uvicorn server to start")
         delivery = send_notification(
             f"http://127.0.0.1:{port}{URL}", secret.encode(), DiskImageBuilt.model_validate(payload())
         )

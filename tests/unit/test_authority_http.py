@@ -1,4 +1,4 @@
-"""``diskci authority serve``: certificates and log entries over HTTP, per-worker credentials."""
+"""``diskci authority serve``: certificates and log entries over HTTP, per-signer credentials."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _client(http: TestClient, token: str) -> AuthorityClient:
     return AuthorityClient("http://authority", token, client=http)  # the app in-process, over httpx
 
 
-def test_worker_signs_through_http_and_bundle_verifies(served: tuple[SigningAuthority, TestClient]) -> None:
+def test_signer_signs_through_http_and_bundle_verifies(served: tuple[SigningAuthority, TestClient]) -> None:
     auth, http = served
     token = auth.add_credential("runner-1", issuer=ISSUER, identity_prefix="https://git.example.com/ops/")
     bundle, entry = sign_statement(STATEMENT, authority=_client(http, token), identity=IDENTITY)
@@ -78,10 +78,10 @@ def test_cli_init_and_issue(tmp_path: Path) -> None:
     r = runner.invoke(app, ["authority", "init", str(tmp_path / "a"), "--issuer", ISSUER, "--json"])
     assert r.exit_code == 0, r.output
     assert Path(json.loads(r.stdout)["trusted_root"]).is_file()
-    r = runner.invoke(app, ["authority", "issue", str(tmp_path / "a"), "--worker", "runner-1", "--json"])
+    r = runner.invoke(app, ["authority", "issue", str(tmp_path / "a"), "--signer", "runner-1", "--json"])
     assert r.exit_code == 0, r.output
     token = json.loads(r.stdout)["token"]
-    assert SigningAuthority.open(tmp_path / "a").check_credential(token).worker == "runner-1"
+    assert SigningAuthority.open(tmp_path / "a").check_credential(token).signer == "runner-1"
     r = runner.invoke(app, ["authority", "init", str(tmp_path / "a")])
     assert r.exit_code == 1
     assert "already exists" in str(r.exception)

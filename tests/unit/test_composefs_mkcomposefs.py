@@ -1,7 +1,7 @@
 """Byte identity with the reference implementation: the same trees through ``mkcomposefs`` and diskci.
 
 mkcomposefs is packaged from Debian 13 on (``apt-get install composefs``); Debian 12 has none, so these
-tests skip there.
+tests skip there, in CI too.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from diskci.formats import composefs, fstree
+from host_tools import needs_tool, require_root
 
 MKCOMPOSEFS = shutil.which("mkcomposefs")
-pytestmark = pytest.mark.skipif(
-    MKCOMPOSEFS is None,
-    reason="mkcomposefs is not installed (Debian 13: apt-get install composefs; Debian 12 has no package)",
-)
+# CI may lack it too (host_tools.CI_MAY_LACK)
+pytestmark = needs_tool("mkcomposefs", "Debian 13: apt-get install composefs; Debian 12 has no package")
 ROOT = os.geteuid() == 0
 
 
@@ -74,7 +73,7 @@ def make_source(base: Path, *, whiteout: bool) -> Path:
 @pytest.mark.parametrize("whiteout", [False, True])
 def test_identical_to_mkcomposefs(tmp_path: Path, flags: list[str], whiteout: bool) -> None:
     if whiteout and not ROOT:
-        pytest.skip("a whiteout (char device 0/0) needs root to create")
+        require_root("a whiteout (char device 0/0) needs root to create")
     src = make_source(tmp_path, whiteout=whiteout)
     ref_store, our_store = tmp_path / "ref-objects", tmp_path / "our-objects"
     ref = tmp_path / "ref.cfs"

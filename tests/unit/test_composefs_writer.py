@@ -24,6 +24,7 @@ from diskci.image.pipeline import BuildContext
 from diskci.manifest import BuildManifest
 from diskci.mediatypes import COMPOSEFS_IMAGE
 from diskci.spec import Architecture, load_spec
+from host_tools import needs_tool
 
 REPO = Path(__file__).resolve().parents[2]
 FSCK = shutil.which("fsck.erofs")
@@ -152,7 +153,7 @@ def test_whiteouts_epoch_and_versions(tmp_path: Path) -> None:
         composefs.prepare_tree(tree, min_version=2)
 
 
-@pytest.mark.skipif(FSCK is None, reason="fsck.erofs (Debian package 'erofs-utils') is not installed")
+@needs_tool("fsck.erofs", "Debian package 'erofs-utils'")
 def test_image_passes_fsck_and_is_reproducible(tmp_path: Path) -> None:
     tar = make_tar(tmp_path / "t.tar", sample_entries())
     a = composefs.build(tar, tmp_path / "a.cfs", digest_store=tmp_path / "objects")

@@ -14,11 +14,10 @@ from typer.testing import CliRunner
 
 from diskci.cli.main import app
 from diskci.formats import fsverity
+from host_tools import needs_tool
 
 FSVERITY = shutil.which("fsverity")
-needs_tool = pytest.mark.skipif(
-    FSVERITY is None, reason="fsverity (Debian package 'fsverity') is not installed"
-)
+needs_fsverity = needs_tool("fsverity", "Debian package 'fsverity'")
 
 
 def reference(*paths: Path) -> list[str]:
@@ -31,7 +30,7 @@ def ours(path: Path) -> str:
     return fsverity.format_digest(path, fsverity.digest_file(path))
 
 
-@needs_tool
+@needs_fsverity
 @pytest.mark.parametrize(
     "size",
     [0, 1, 4095, 4096, 4097, 128 * 4096, 128 * 4096 + 1, (1 << 20) + 1, 128 * 128 * 4096 + 4096 + 7],
@@ -42,7 +41,7 @@ def test_edge_sizes_match_fsverity_tool(tmp_path: Path, size: int) -> None:
     assert [ours(path)] == reference(path)
 
 
-@needs_tool
+@needs_fsverity
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(size=st.integers(min_value=0, max_value=3 * 1024 * 1024), seed=st.binary(min_size=1, max_size=16))
 def test_random_sizes_match_fsverity_tool(tmp_path: Path, size: int, seed: bytes) -> None:
@@ -66,7 +65,7 @@ def test_incremental_updates_equal_one_shot(data: bytes, cuts: list[int]) -> Non
     assert h.size == len(data)
 
 
-@needs_tool
+@needs_fsverity
 def test_sparse_one_gib_file(tmp_path: Path) -> None:
     path = tmp_path / "sparse.img"
     with open(path, "wb") as f:
@@ -78,7 +77,7 @@ def test_sparse_one_gib_file(tmp_path: Path) -> None:
     assert [ours(path)] == reference(path)
 
 
-@needs_tool
+@needs_fsverity
 def test_cli_prints_like_fsverity_digest(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b b"
     a.write_bytes(b"hello\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from diskci.errors import VerificationFailed
-from diskci.platform.services.blobcache import BlobCache
+from diskci.platform.services.blobcache import BlobCache, InvalidDigest
 
 
 def _sha(data: bytes) -> str:
@@ -52,7 +52,7 @@ def test_put_checks_sha256_size_and_fsverity(tmp_path: Path) -> None:
     assert exc.value.reason == "fsverity_mismatch"
     assert not cache.has(_sha(other))
     assert list((cache.root / "tmp").iterdir()) == []  # nothing half-written left behind
-    with pytest.raises(ValueError, match="not a sha256 digest"):
+    with pytest.raises(InvalidDigest, match="not a sha256 digest"):
         cache.path("md5:abc")
 
 

@@ -7,8 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from polling import wait_until
 
 CHILD = """
 import sys
@@ -37,10 +38,14 @@ def test_interrupted_tool_finishes_its_cleanup(tmp_path: Path) -> None:
         text=True,
         start_new_session=True,  # its own process group, as a terminal would make for ^C
     )
-    deadline = time.monotonic() + 30
-    while "started" not in (log.read_text() if log.exists() else ""):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
+
+    def tool_started() -> bool:
+        if "started" in (log.read_text() if log.exists() else ""):
+            return True
+        assert proc.poll() is None
+        return False
+
+    wait_until(tool_started, 30, interval=0.05, what="the tool to start")
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130

@@ -44,25 +44,25 @@ def init(
 @authority_app.command("issue")
 def issue(
     directory: Path = typer.Argument(..., help="The authority directory."),
-    worker: str = typer.Option(..., "--worker", help="CI worker name the credential is for."),
-    issuer: str | None = typer.Option(None, help="OIDC issuer put in this worker's certificates."),
+    signer: str = typer.Option(..., "--signer", help="Name of the signer the credential is for."),
+    issuer: str | None = typer.Option(None, help="OIDC issuer put in this signer's certificates."),
     identity_prefix: str = typer.Option(
         "",
-        help="Identities this worker may sign as must start with this (e.g. https://git.example.com/ops/).",
+        help="Identities this signer may sign as must start with this (e.g. https://git.example.com/ops/).",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the credential as JSON."),
 ) -> None:
-    """Issue (or replace) a worker credential for `authority serve`; the token is printed once.
+    """Issue (or replace) a signer credential for `authority serve`; the token is printed once.
 
-    Example: [bold]diskci authority issue /var/lib/diskci/authority --worker runner-1 --identity-prefix https://git.example.com/ops/[/]
+    Example: [bold]diskci authority issue /var/lib/diskci/authority --signer ops-images --identity-prefix https://git.example.com/ops/[/]
     """
     from diskci.supplychain.authority import SigningAuthority
 
     token = SigningAuthority.open(directory).add_credential(
-        worker, issuer=issuer, identity_prefix=identity_prefix
+        signer, issuer=issuer, identity_prefix=identity_prefix
     )
     if json_out:
-        print_json({"worker": worker, "token": token})
+        print_json({"signer": signer, "token": token})
     else:
         print(token)
 
@@ -73,7 +73,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8300, help="Port to listen on."),
 ) -> None:
-    """Serve the authority over HTTP (signing-certificate and log endpoints, worker credentials).
+    """Serve the authority over HTTP (signing-certificate and log endpoints, signer credentials).
 
     Example: [bold]diskci authority serve /var/lib/diskci/authority --port 8300[/]
     """

@@ -9,8 +9,7 @@ from pathlib import Path
 import typer
 
 from diskci.cli.output import print_json, stdout
-from diskci.errors import UsageError
-from diskci.image.pipeline import STAGE_NAMES, run_build
+from diskci.image.pipeline import STAGE_NAMES, resolve_stages, run_build
 from diskci.spec import load_spec
 
 
@@ -65,9 +64,7 @@ def build(
     Example: [bold]sudo diskci build platforms/debian-12-amd64.yaml --stages rootfs[/]
     """
     chosen = _split(stages) + [f for f in _split(formats) if f not in _split(stages)]
-    unknown = [s for s in chosen if s not in STAGE_NAMES]
-    if unknown:
-        raise UsageError(f"unknown stage/format(s): {', '.join(unknown)}; known: {', '.join(STAGE_NAMES)}")
+    resolve_stages(chosen)  # unknown names fail here (UsageError), before the spec is read
     platform = load_spec(spec).name
     out_dir = out if out is not None else Path("out") / platform
     started = time.monotonic()

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterable
 
 import typer
+from rich.markup import escape
 
 from diskci import __version__
 from diskci.console import setup_logging, stderr
@@ -86,7 +87,8 @@ def main() -> None:
     try:
         application(standalone_mode=True)
     except DiskciError as exc:
-        stderr.print(f"[bold red]error:[/] {exc.diagnostics()}", markup=True, highlight=False)
+        # escaped: messages quote console lines, paths and argv, which may look like markup ([/dev/...])
+        stderr.print(f"[bold red]error:[/] {escape(exc.diagnostics())}", markup=True, highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         stderr.print("interrupted")

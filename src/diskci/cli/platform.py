@@ -1,25 +1,31 @@
-"""``diskci platform``: run the control plane (serve, worker, migrate), manage API tokens, and call any
-action in-process against the database (``diskci platform <action> --data '{...}'``)."""
+"""``diskci platform``: run the control plane (serve, consume, migrate), manage API tokens, and call any
+action in-process against the database (``diskci platform <action> --data '{...}'``).
+
+Command-line overrides go into the one ``PlatformSettings`` each command builds and passes on (to the
+app, the task queue, the database); nothing is written to ``os.environ``."""
 
 from __future__ import annotations
 
 import getpass
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from diskci.cli.output import print_json, stdout
 from diskci.errors import UsageError
-from diskci.platform.actions.catalog import ActionSpec, invoke, load_all
+from diskci.platform.actions.catalog import ActionSpec, ConfirmationRequired, invoke, load_all
 from diskci.platform.db.models import Role
 
+if TYPE_CHECKING:
+    from diskci.platform.db.session import Database
+    from diskci.platform.settings import PlatformSettings
+
 platform_app = typer.Typer(
-    help="The control plane: serve the API and netboot, run queue workers, and call every operator action.",
+    help="The control plane: serve the API and netboot, consume the task queue, call every operator action.",
     no_args_is_help=True,
 )
 token_app = typer.Typer(help="API bearer tokens (admin, operator, viewer).", no_args_is_help=True)
@@ -29,25 +35,20 @@ StateDirOption = typer.Option(None, "--state-dir", help="State directory (defaul
 DatabaseOption = typer.Option(None, "--database-url", help="Database URL (default: $DISKCI_DATABASE_URL).")
 
 
-def _environment(state_dir: Path | None, database_url: str | None, **more: str | None) -> None:
-    """Put command-line overrides where every component (the queue module too) reads them."""
-    if state_dir is not None:
-        os.environ["DISKCI_STATE_DIR"] = str(state_dir)
-    if database_url is not None:
-        os.environ["DISKCI_DATABASE_URL"] = database_url
-    for key, value in more.items():
-        if value is not None:
-            os.environ[f"DISKCI_{key.upper()}"] = value
-
-
-def _database() -> Any:
-    from diskci.platform.db.session import configure
+def _settings(state_dir: Path | None, database_url: str | None, **more: Any) -> PlatformSettings:
+    """The ``DISKCI_*`` environment's settings, with the command line's overrides (those given)."""
     from diskci.platform.settings import PlatformSettings
 
-    settings = PlatformSettings()
+    overrides = {"state_dir": state_dir, "database_url": database_url, **more}
+    return PlatformSettings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def _database(settings: PlatformSettings) -> Database:
+    from diskci.platform.db.session import configure
+
     database = configure(settings.database_url)
     database.upgrade()
-    return settings, database
+    return database
 
 
 def _actor() -> str:
@@ -76,57 +77,52 @@ def serve(
     """
     import uvicorn
 
-    _environment(
-        state_dir,
-        database_url,
-        bind_host=host,
-        bind_port=str(port) if port else None,
-        public_base_url=public_base_url,
-    )
+    from diskci.platform.db.session import configure
     from diskci.platform.http.app import create_app
-    from diskci.platform.settings import PlatformSettings
+    from diskci.platform.tasks import TaskQueue
 
-    settings = PlatformSettings()
-    app = create_app(settings)
-    from diskci.platform import tasks
-
+    settings = _settings(
+        state_dir, database_url, bind_host=host, bind_port=port or None, public_base_url=public_base_url
+    )
+    settings.resolve_secret_key()  # fail before anything is opened when the key is missing
+    database = configure(settings.database_url)
+    queue = TaskQueue(settings, database=database)
+    app = create_app(settings, database=database, enqueue=queue.enqueue_publication)
     run_consumer = consumer if consumer is not None else settings.queue_url.startswith("sqlite")
-    worker = None
-    if run_consumer:
-        worker = tasks.huey.create_consumer(
-            workers=settings.queue_workers, worker_type="thread", periodic=True
-        )
-        worker.start()
+    queue_consumer = queue.consumer(workers=settings.queue_workers) if run_consumer else None
+    if queue_consumer is not None:
+        queue_consumer.start()
     stdout.print(
         f"diskci platform on http://{settings.bind_host}:{settings.bind_port} (state {settings.state_dir})"
     )
     try:
         uvicorn.run(app, host=settings.bind_host, port=settings.bind_port, log_level="info")
     finally:
-        if worker is not None:
-            worker.stop(graceful=True)
+        if queue_consumer is not None:
+            queue_consumer.stop(graceful=True)
 
 
-@platform_app.command("worker")
-def worker(
-    workers: int = typer.Option(2, "--workers", "-w", min=1, help="Consumer workers in this process."),
-    processes: bool = typer.Option(False, "--processes", help="Workers are processes, not threads."),
+@platform_app.command("consume")
+def consume(
+    workers: int = typer.Option(
+        2, "--workers", "-w", min=1, help="Tasks this queue consumer runs at once (its threads or processes)."
+    ),
+    processes: bool = typer.Option(False, "--processes", help="Run tasks in processes, not threads."),
     state_dir: Path = StateDirOption,
     database_url: str = DatabaseOption,
     queue_url: str = typer.Option(None, "--queue-url", help="Queue URL (default: $DISKCI_QUEUE_URL)."),
 ) -> None:
-    """Consume the task queue (publication processing, retention) until interrupted; use with Redis.
+    """Run a queue consumer: publication processing and retention, until interrupted; use with Redis.
 
-    Example: [bold]DISKCI_QUEUE_URL=redis://127.0.0.1:6379/0 diskci platform worker -w 4[/]
+    Run as many as needed, anywhere the queue and the database are reachable.
+
+    Example: [bold]DISKCI_QUEUE_URL=redis://127.0.0.1:6379/0 diskci platform consume -w 4[/]
     """
-    _environment(state_dir, database_url, queue_url=queue_url)
-    _database()
-    from diskci.platform import tasks
+    from diskci.platform.tasks import TaskQueue
 
-    consumer = tasks.huey.create_consumer(
-        workers=workers, worker_type="process" if processes else "thread", periodic=True
-    )
-    consumer.run()
+    settings = _settings(state_dir, database_url, queue_url=queue_url)
+    queue = TaskQueue(settings, database=_database(settings))
+    queue.consumer(workers=workers, worker_type="process" if processes else "thread").run()
 
 
 @platform_app.command("migrate")
@@ -135,12 +131,12 @@ def migrate(
     database_url: str = DatabaseOption,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Upgrade the database schema to the newest revision (``serve`` and ``worker`` do this too).
+    """Upgrade the database schema to the newest revision (``serve`` and ``consume`` do this too).
 
     Example: [bold]diskci platform migrate --database-url postgresql://diskci@db/diskci[/]
     """
-    _environment(state_dir, database_url)
-    settings, database = _database()
+    settings = _settings(state_dir, database_url)
+    database = _database(settings)
     result = {"database": database.backend, "url": _redacted(settings.database_url), "schema": "head"}
     if json_out:
         print_json(result)
@@ -204,15 +200,38 @@ def token_revoke(
 
     Example: [bold]diskci platform token revoke ops-alice[/]
     """
-    _run_action("system_revoke_api_token", {"name": name}, json_out, state_dir, database_url)
+    # Naming the token on this dedicated command is the confirmation (it never asked for --yes).
+    _run_action("system_revoke_api_token", {"name": name}, json_out, state_dir, database_url, confirmed=True)
 
 
 def _run_action(
-    name: str, data: dict[str, Any], json_out: bool, state_dir: Path | None, database_url: str | None
+    name: str,
+    data: dict[str, Any],
+    json_out: bool,
+    state_dir: Path | None,
+    database_url: str | None,
+    *,
+    confirmed: bool = False,
 ) -> None:
-    _environment(state_dir, database_url)
-    settings, database = _database()
-    result = invoke(name, data, database=database, settings=settings, actor=_actor(), role=Role.ADMIN)
+    from diskci.platform.ports import Ports
+    from diskci.platform.tasks import TaskQueue
+
+    settings = _settings(state_dir, database_url)
+    database = _database(settings)
+    ports = Ports(enqueue=TaskQueue(settings, database=database).enqueue_publication)
+    try:
+        result = invoke(
+            name,
+            data,
+            database=database,
+            settings=settings,
+            actor=_actor(),
+            role=Role.ADMIN,
+            confirmed=confirmed,
+            ports=ports,
+        )
+    except ConfirmationRequired as exc:
+        raise UsageError(f"{exc.action} is destructive: add --yes to confirm") from exc
     if json_out:
         print_json(result)
     else:
@@ -258,9 +277,9 @@ def _action_command(spec: ActionSpec) -> Callable[..., None]:
         state_dir: Path = StateDirOption,
         database_url: str = DatabaseOption,
     ) -> None:
-        if spec.destructive and not yes:
-            raise UsageError(f"{spec.name} is destructive: add --yes to confirm")
-        _run_action(spec.name, parse_action_input(data, assignments), json_out, state_dir, database_url)
+        _run_action(
+            spec.name, parse_action_input(data, assignments), json_out, state_dir, database_url, confirmed=yes
+        )
 
     fields = ", ".join(spec.input_model.model_fields) or "none"
     text, _, example = spec.description.partition("Example:")

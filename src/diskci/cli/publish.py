@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from diskci.cli.output import print_json, stdout
 from diskci.console import step
-from diskci.errors import UsageError, VerificationFailed
+from diskci.errors import VerificationFailed
 
-_GITHUB_REPO = "DISKCI_SOURCE_REPO"
+if TYPE_CHECKING:
+    from diskci.publish import CIEnvironment
+    from diskci.supplychain.bundle import Source
 
 
 def _jsonable(obj: Any) -> Any:
@@ -28,30 +29,11 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _default_repo() -> str:
-    if os.environ.get(_GITHUB_REPO):
-        return os.environ[_GITHUB_REPO]
-    server, repo = os.environ.get("GITHUB_SERVER_URL"), os.environ.get("GITHUB_REPOSITORY")
-    return f"{server.rstrip('/')}/{repo}" if server and repo else ""
+def _source(ci: CIEnvironment, repo: str | None, ref: str, commit: str) -> Source:
+    """The ``Source`` the options name, the repository defaulting to the CI environment's."""
+    from diskci.supplychain.bundle import Source
 
-
-def _authority(spec: str, credential_file: Path | None) -> Any:
-    """A local authority directory, or ``diskci authority serve`` at a URL (with a worker credential)."""
-    if spec.startswith(("http://", "https://")):
-        from diskci.supplychain.authority_http import AuthorityClient
-
-        token = os.environ.get("DISKCI_AUTHORITY_TOKEN", "")
-        if credential_file is not None:
-            token = credential_file.read_text().strip()
-        if not token:
-            raise UsageError(
-                f"--authority {spec} needs a worker credential",
-                hint="pass --credential-file FILE or set DISKCI_AUTHORITY_TOKEN (see diskci authority issue)",
-            )
-        return AuthorityClient(spec, token)
-    from diskci.supplychain.authority import SigningAuthority
-
-    return SigningAuthority.open(Path(spec))
+    return Source(repo=repo or ci.source.repo, ref=ref, commit=commit)
 
 
 # Options shared by sign and publish
@@ -59,7 +41,7 @@ _IDENTITY = typer.Option(..., "--identity", help="Signer identity (SAN URI), e.g
 _AUTHORITY = typer.Option(
     ..., "--authority", envvar="DISKCI_AUTHORITY", help="Authority directory, or URL of authority serve."
 )
-_CREDENTIAL = typer.Option(None, "--credential-file", help="Worker credential (for an authority URL).")
+_CREDENTIAL = typer.Option(None, "--credential-file", help="Signer credential (for an authority URL).")
 _ISSUER = typer.Option(None, "--issuer", help="OIDC issuer (local authority only; default: its own).")
 _REPO = typer.Option(None, "--source-repo", help="Source repository URL (default: from CI environment).")
 _REF = typer.Option("", "--source-ref", envvar="GITHUB_REF", help="Git ref built.")
@@ -67,24 +49,6 @@ _COMMIT = typer.Option("", "--source-commit", envvar="GITHUB_SHA", help="Commit 
 _RUN = typer.Option("", "--run-id", envvar="GITHUB_RUN_ID", help="CI run id.")
 _JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 _CRITICAL = typer.Option(False, "--critical", help="Mark as a security-critical update.")
-
-
-def _sign(
-    build_dir: Path,
-    authority: str,
-    credential_file: Path | None,
-    identity: str,
-    issuer: str | None,
-    source: Any,
-    run_id: str,
-) -> Any:
-    from diskci.supplychain.bundle import sign_publication
-
-    backend = _authority(authority, credential_file)
-    with step(f"sign {build_dir}"):
-        return sign_publication(
-            build_dir, authority=backend, identity=identity, issuer=issuer, source=source, run_id=run_id
-        )
 
 
 def sign(
@@ -103,10 +67,19 @@ def sign(
 
     Example: [bold]diskci sign build-out --identity https://git.example.com/ops/img --authority ./authority[/]
     """
-    from diskci.supplychain.bundle import Source
+    from diskci.publish import ci_environment, sign_build
 
-    source = Source(repo=source_repo or _default_repo(), ref=source_ref, commit=source_commit)
-    result = _sign(build_dir, authority, credential_file, identity, issuer, source, run_id)
+    ci = ci_environment()
+    result = sign_build(
+        build_dir,
+        authority=authority,
+        identity=identity,
+        issuer=issuer,
+        credential=ci.authority_token,
+        credential_file=credential_file,
+        source=_source(ci, source_repo, source_ref, source_commit),
+        run_id=run_id,
+    )
     if json_out:
         print_json(_jsonable(result))
     else:
@@ -135,8 +108,8 @@ def verify(
     Example: [bold]diskci verify oci-layout:./oci:1.0 --identity-regexp 'https://git.example.com/ops/.*'
     --issuer https://git.example.com --trusted-root ./authority/trusted_root.json[/]
     """
-    from diskci.supplychain.bundle import verify_publication
     from diskci.supplychain.policy import IdentityPolicy
+    from diskci.supplychain.verifier import verify_publication
 
     policy = IdentityPolicy(identity_regexp=identity_regexp, issuer=issuer)
     try:
@@ -166,10 +139,9 @@ def push(
 
     Example: [bold]diskci push build-out --to 127.0.0.1:5000/ops/disk-images/debian-12[/]
     """
-    from diskci.registry.push import push_publication
+    from diskci.publish import push_build
 
-    with step(f"push {build_dir} → {to}") as s:
-        result = push_publication(build_dir, to, progress=s.update)
+    result = push_build(build_dir, to=to)
     if json_out:
         print_json(_jsonable(result))
     else:
@@ -198,36 +170,6 @@ def pull(
         stdout.print(f"pulled {result.reference} ({result.index_digest}) into {result.directory}")
 
 
-def _notify(
-    url: str, secret_file: Path, ref: str, source: Any, run_id: str, critical: bool, digest: str | None = None
-) -> Any:
-    import json as _json
-
-    from diskci import mediatypes as mt
-    from diskci.notify import DiskImageBuilt, SourceRef, send_notification
-    from diskci.registry.client import open_registry
-    from diskci.registry.reference import Reference
-
-    reference = Reference.parse(ref)
-    data, desc = open_registry(reference).get_manifest(digest or reference.target)
-    annotations = _json.loads(data).get("annotations") or {}
-    try:
-        secret = secret_file.read_bytes().strip()
-    except OSError as exc:
-        raise UsageError(f"{secret_file}: cannot read the webhook secret: {exc}") from None
-    payload = DiskImageBuilt(
-        node_platform=annotations.get(mt.ANNOTATION_PLATFORM, ""),
-        version=annotations.get(mt.ANNOTATION_VERSION, reference.tag or ""),
-        reference=str(reference),
-        manifest_digest=desc.digest,
-        source=SourceRef(repo=source.repo, ref=source.ref, commit=source.commit),
-        run_id=run_id,
-        critical=critical,
-    )
-    with step(f"notify {url}"):
-        return send_notification(url, secret, payload)
-
-
 def notify(
     url: str = typer.Option(..., "--url", help="Webhook URL (…/api/v1/system/webhooks/disk_image_built)."),
     secret_file: Path = typer.Option(..., "--secret-file", help="File holding the webhook's HMAC secret."),
@@ -243,10 +185,17 @@ def notify(
 
     Example: [bold]diskci notify --url $WEBHOOK_URL --secret-file hook.secret --ref oci-layout:./oci:1.0[/]
     """
-    from diskci.supplychain.bundle import Source
+    from diskci.publish import ci_environment, notify_image_built
 
-    source = Source(repo=source_repo or _default_repo(), ref=source_ref, commit=source_commit)
-    delivery = _notify(url, secret_file, ref, source, run_id, critical)
+    ci = ci_environment()
+    delivery = notify_image_built(
+        url,
+        ref=ref,
+        secret_file=secret_file,
+        source=_source(ci, source_repo, source_ref, source_commit),
+        run_id=run_id,
+        critical=critical,
+    )
     if json_out:
         print_json(_jsonable(delivery))
     else:
@@ -277,24 +226,29 @@ def publish(
 
     Example: [bold]diskci publish build-out --to oci-layout:./oci --identity $ID --authority ./auth[/]
     """
-    from diskci.registry.push import push_publication
-    from diskci.supplychain.bundle import Source
+    from diskci.publish import PublishRequest, ci_environment
+    from diskci.publish import publish as run_publish
 
-    if notify_url and secret_file is None:
-        raise UsageError("--notify-url needs --secret-file")
-    source = Source(repo=source_repo or _default_repo(), ref=source_ref, commit=source_commit)
-    signed = _sign(build_dir, authority, credential_file, identity, issuer, source, run_id)
-    with step(f"push → {to}") as s:
-        pushed = push_publication(build_dir, to, progress=s.update)
-    delivery = None
-    if notify_url and secret_file is not None:
-        delivery = _notify(notify_url, secret_file, pushed.reference, source, run_id, critical, pushed.digest)
+    ci = ci_environment()
+    request = PublishRequest(
+        build_dir=build_dir,
+        to=to,
+        identity=identity,
+        authority=authority,
+        issuer=issuer,
+        credential=ci.authority_token,
+        credential_file=credential_file,
+        source=_source(ci, source_repo, source_ref, source_commit),
+        run_id=run_id,
+        notify_url=notify_url,
+        secret_file=secret_file,
+        critical=critical,
+    )
+    result = run_publish(request)
     if json_out:
-        print_json(
-            {"signed": _jsonable(signed), "pushed": _jsonable(pushed), "notified": _jsonable(delivery)}
-        )
+        print_json(_jsonable(result))  # {"signed": ..., "pushed": ..., "notified": ... or null}
     else:
-        stdout.print(f"published {pushed.reference} ({pushed.digest})")
+        stdout.print(f"published {result.pushed.reference} ({result.pushed.digest})")
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from diskci.errors import FormatError
+
 BLOCK_SIZE = 4096
 DIGEST_SIZE = 32
 _ZERO_BLOCK = bytes(BLOCK_SIZE)
@@ -199,7 +201,7 @@ def digest_file(path: str | os.PathLike[str]) -> bytes:
         while h.size < size:  # not mappable: read what its size says, like fsverity digest
             chunk = f.read(min(_FILE_READ_SIZE, size - h.size))
             if not chunk:
-                raise OSError(f"{os.fspath(path)}: file shrank while being read")
+                raise FormatError(f"{os.fspath(path)}: file shrank while being read")
             h.update(chunk)
         return h.digest()
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from diskci.atomic import atomic_path
+from diskci.canonical import canonical_json
 from diskci.errors import CacheError
 from diskci.manifest import sha256_file
 from diskci.spec import Architecture, PlatformSpec
@@ -35,9 +36,8 @@ _STALE_TMP_SECONDS = 24 * 3600
 
 
 def canonical_digest(data: Any) -> str:
-    """sha256 of the canonical JSON form of ``data`` (sorted keys, no whitespace)."""
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """sha256 of the canonical JSON form of ``data`` (``diskci.canonical.canonical_json``)."""
+    return hashlib.sha256(canonical_json(data)).hexdigest()
 
 
 def rootfs_key_inputs(

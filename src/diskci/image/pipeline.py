@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from diskci.console import Step, step
 from diskci.errors import BuildError, UsageError
 from diskci.manifest import ArchBuild, Artifact, BuildManifest
+from diskci.process import run
 from diskci.spec import Architecture, PlatformSpec, load_spec
 
 
@@ -138,13 +138,15 @@ def source_date_epoch_for(spec: PlatformSpec, spec_path: Path, flag: int | None)
     if spec.source_date_epoch is not None:
         return spec.source_date_epoch
     try:
-        out = subprocess.run(
-            ["git", "log", "-1", "--format=%ct", "--", spec_path.name],
-            cwd=spec_path.resolve().parent,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        out = (
+            run(
+                ["git", "log", "-1", "--format=%ct", "--", spec_path.name],
+                cwd=spec_path.resolve().parent,
+                check=False,
+            )
+            .stdout.decode(errors="replace")
+            .strip()
+        )
     except OSError:
         out = ""
     if out.isdigit():

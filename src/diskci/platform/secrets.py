@@ -17,9 +17,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from diskci.errors import PlatformError
+from diskci.platform.settings import InsecureSettings
 
 _VERSION = "v1"
 _NONCE_BYTES = 12
+MIN_KEY_BYTES = 16
 
 
 class SecretDecryptionFailed(PlatformError):
@@ -32,8 +34,10 @@ class SecretBox:
     """Encrypts and decrypts short secrets (webhook secrets) for storage in the database."""
 
     def __init__(self, *, key: bytes) -> None:
-        if len(key) < 16:
-            raise ValueError("the secret key is too short")
+        if len(key) < MIN_KEY_BYTES:
+            raise InsecureSettings(
+                f"the secret key is too short ({len(key)} bytes; at least {MIN_KEY_BYTES} are needed)"
+            )
         self._aead = AESGCM(
             HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"diskci secrets at rest v1").derive(
                 key

@@ -34,7 +34,8 @@ def default_state_dir() -> Path:
 
 
 class PlatformSettings(BaseSettings):
-    """Settings of ``diskci platform serve``/``worker``; build one and pass it to the factories."""
+    """Settings of ``diskci platform serve``/``consume``; build one and pass it to the factories
+    (``create_app``, ``TaskQueue``); nothing reads them from module globals."""
 
     model_config = SettingsConfigDict(env_prefix="DISKCI_", extra="ignore")
 
@@ -50,7 +51,7 @@ class PlatformSettings(BaseSettings):
     webhook_tolerance_seconds: int = 300
     webhook_max_body_bytes: int = 1024 * 1024
     webhook_grace_seconds: int = 24 * 3600  # how long a rotated-out webhook secret stays valid
-    queue_workers: int = 2  # consumer threads inside ``serve``
+    queue_workers: int = 2  # queue consumer threads inside ``serve``
     retention_hour: int = 3  # UTC hour of the daily retention run
     retention_minute: int = 0
 

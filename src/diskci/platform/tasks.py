@@ -1,24 +1,34 @@
-"""The huey instance and the platform's queued work: publication processing and daily retention.
+"""The platform's task queue: a factory building the huey instance for a ``PlatformSettings``, with
+the queued work registered on it (publication processing, daily retention).
 
-The queue comes from ``PlatformSettings.queue_url``: ``sqlite:///PATH`` (the default, a SqliteHuey
-file in the state directory, consumed by threads inside ``diskci platform serve``) or
-``redis://HOST:PORT/DB`` (RedisHuey, consumed by ``diskci platform worker`` processes on any number
-of machines). The queue name defaults to ``diskci``; ``?queue=NAME`` on the URL picks another (tests
-use a unique one). Consumers run ``huey_consumer diskci.platform.tasks.huey`` or the CLI.
+``TaskQueue(settings)`` is the one way to get the queue: ``diskci platform serve`` consumes it in
+threads, ``diskci platform consume`` in a queue consumer process, the HTTP app enqueues on it, and the
+tests build their own. The queue comes from ``settings.queue_url``: ``sqlite:///PATH`` (the default, a
+SqliteHuey file in the state directory, consumed by threads inside ``diskci platform serve``) or
+``redis://HOST:PORT/DB`` (RedisHuey, consumed by ``diskci platform consume`` processes on any number of
+machines). The queue name defaults to ``diskci``; ``?queue=NAME`` on the URL picks another (tests use a
+unique one). For ``huey_consumer``, ``diskci.platform.tasks.huey`` is built from the ``DISKCI_*``
+environment when it is first asked for (``huey_consumer diskci.platform.tasks.huey``); nothing is built
+at import.
 
-A worker killed mid-task loses that task; the delivery is processed again when it is re-enqueued
-(``enqueue_publication`` with the same delivery id), and the processor makes that safe.
+A queue consumer killed mid-task loses that task; the delivery is processed again when it is
+re-enqueued (``TaskQueue.enqueue_publication`` with the same delivery id), and the processor makes
+that safe.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache, cached_property
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import Task as HueyTask
+from huey.api import TaskWrapper
+from huey.consumer import Consumer
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -57,8 +67,94 @@ def make_huey(settings: PlatformSettings) -> Huey:
     )
 
 
-settings = PlatformSettings()
-huey = make_huey(settings)
+@dataclass(frozen=True)
+class _Registered:
+    huey: Huey
+    process_publication: TaskWrapper
+    retention_daily: TaskWrapper
+    retention_now: TaskWrapper
+
+
+class TaskQueue:
+    """The platform's queue for one ``PlatformSettings``: the huey instance with the tasks registered.
+
+    Nothing is built until first used (``huey``, a task, ``enqueue_publication``), so an adapter can
+    hold one without creating the queue file. Tasks use ``database``, or else the process-wide one
+    (which every entry point configures from the same settings at start).
+    """
+
+    def __init__(self, settings: PlatformSettings, *, database: Database | None = None) -> None:
+        self.settings = settings
+        self._database = database
+
+    @cached_property
+    def _registered(self) -> _Registered:
+        return _register(self, make_huey(self.settings))
+
+    @property
+    def huey(self) -> Huey:
+        return self._registered.huey
+
+    @property
+    def process_publication(self) -> TaskWrapper:
+        """``process_publication(delivery_id)``: verify and record the publication a delivery announced."""
+        return self._registered.process_publication
+
+    @property
+    def retention_daily(self) -> TaskWrapper:
+        """The daily retention sweep at ``retention_hour:retention_minute`` UTC."""
+        return self._registered.retention_daily
+
+    @property
+    def retention_now(self) -> TaskWrapper:
+        """A retention sweep on demand (tests, operators)."""
+        return self._registered.retention_now
+
+    def database(self) -> Database:
+        return self._database if self._database is not None else get_database()
+
+    def enqueue_publication(self, delivery_id: str) -> str:
+        """Queue the processing of a delivery; returns the task_id (the Task row appears when it runs)."""
+        queued = self.process_publication.s(delivery_id)
+        self.huey.enqueue(queued)
+        return str(queued.id)
+
+    def consumer(self, *, workers: int, worker_type: str = "thread") -> Consumer:
+        """A queue consumer of this queue (periodic tasks included): ``.start()`` in-process, ``.run()``."""
+        return self.huey.create_consumer(workers=workers, worker_type=worker_type, periodic=True)
+
+    def processor(self) -> Any:
+        from diskci.platform.services.blobcache import BlobCache
+        from diskci.platform.services.publication_processor import (
+            AUTHORITY_DIR,
+            DiskImagePublicationProcessor,
+        )
+
+        return DiskImagePublicationProcessor(
+            database=self.database(),
+            blobs=BlobCache(self.settings.blob_dir),
+            authority_dir=self.settings.state_dir / AUTHORITY_DIR,
+        )
+
+    def retention_service(self) -> Any:
+        from diskci.platform.services.blobcache import BlobCache
+        from diskci.platform.services.retention import DiskImageRetentionService, delete_publication
+
+        return DiskImageRetentionService(
+            database=self.database(), blobs=BlobCache(self.settings.blob_dir), deleter=delete_publication
+        )
+
+    def run_retention(self) -> dict[str, Any]:
+        from diskci.platform.services.retention import RetentionLocked
+
+        try:
+            result = self.retention_service().sweep()
+        except RetentionLocked as exc:
+            log.info("retention: %s; skipped", exc)
+            return {"skipped": str(exc)}
+        summary: dict[str, Any] = result.as_dict()
+        log.info("retention: pruned %d, failed %d", len(result.pruned), len(result.failed))
+        return summary
 
 
 def _record_task(database: Database, task_id: str, kind: str, payload: dict[str, Any], **values: Any) -> None:
@@ -80,25 +176,40 @@ def _record_task(database: Database, task_id: str, kind: str, payload: dict[str,
             continue  # inserted by the receiver meanwhile: update it
 
 
-def _processor() -> Any:
-    from diskci.platform.services.blobcache import BlobCache
-    from diskci.platform.services.publication_processor import AUTHORITY_DIR, DiskImagePublicationProcessor
+def _register(queue: TaskQueue, huey: Huey) -> _Registered:
+    """Register the platform's tasks on ``huey`` (task names stay ``diskci.platform.tasks.<name>``)."""
+    settings = queue.settings
 
-    return DiskImagePublicationProcessor(
-        database=get_database(),
-        blobs=BlobCache(settings.blob_dir),
-        authority_dir=settings.state_dir / AUTHORITY_DIR,
+    def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[str, Any]:
+        """Verify and record the publication a ``disk_image_built`` delivery announced."""
+        return _process_publication(queue, delivery_id, task)
+
+    def retention_daily() -> dict[str, Any]:
+        """The daily retention sweep (skipped, not failed, when another consumer is sweeping)."""
+        return queue.run_retention()
+
+    def retention_now() -> dict[str, Any]:
+        """A sweep on demand (tests, operators)."""
+        return queue.run_retention()
+
+    schedule = crontab(minute=str(settings.retention_minute), hour=str(settings.retention_hour))
+    return _Registered(
+        huey=huey,
+        process_publication=huey.task(
+            retries=PUBLICATION_RETRIES, retry_delay=PUBLICATION_RETRY_DELAY, context=True
+        )(process_publication),
+        retention_daily=huey.periodic_task(schedule)(retention_daily),
+        retention_now=huey.task()(retention_now),
     )
 
 
-@huey.task(retries=PUBLICATION_RETRIES, retry_delay=PUBLICATION_RETRY_DELAY, context=True)
-def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[str, Any]:
+def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | None) -> dict[str, Any]:
     """Verify and record the publication a ``disk_image_built`` delivery announced."""
     from diskci.platform.services.publication_processor import RetryLater
 
     task_id = task.id if task is not None else f"local-{delivery_id}"
     final = task is None or task.retries == 0
-    database = get_database()
+    database = queue.database()
     _record_task(
         database,
         task_id,
@@ -109,7 +220,7 @@ def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[
         attempts=PUBLICATION_RETRIES - task.retries + 1 if task is not None else 1,
     )
     try:
-        outcome = _processor().process(delivery_id, final_attempt=final)
+        outcome = queue.processor().process(delivery_id, final_attempt=final)
     except RetryLater as exc:
         _record_task(
             database, task_id, PUBLICATION_TASK_KIND, {}, status=TaskStatus.QUEUED.value, error=str(exc)
@@ -152,42 +263,13 @@ def process_publication(delivery_id: str, task: HueyTask | None = None) -> dict[
     return result
 
 
-def enqueue_publication(delivery_id: str) -> str:
-    """Queue the processing of a delivery; returns the task_id (the Task row appears when it runs)."""
-    queued = process_publication.s(delivery_id)
-    huey.enqueue(queued)
-    return str(queued.id)
+@cache
+def _environment_queue() -> TaskQueue:
+    return TaskQueue(PlatformSettings())
 
 
-def retention_service() -> Any:
-    from diskci.platform.services.blobcache import BlobCache
-    from diskci.platform.services.retention import DiskImageRetentionService, delete_publication
-
-    return DiskImageRetentionService(
-        database=get_database(), blobs=BlobCache(settings.blob_dir), deleter=delete_publication
-    )
-
-
-@huey.periodic_task(crontab(minute=str(settings.retention_minute), hour=str(settings.retention_hour)))
-def retention_daily() -> dict[str, Any]:
-    """The daily retention sweep (skipped, not failed, when another worker is sweeping)."""
-    return run_retention()
-
-
-@huey.task()
-def retention_now() -> dict[str, Any]:
-    """A sweep on demand (tests, operators)."""
-    return run_retention()
-
-
-def run_retention() -> dict[str, Any]:
-    from diskci.platform.services.retention import RetentionLocked
-
-    try:
-        result = retention_service().sweep()
-    except RetentionLocked as exc:
-        log.info("retention: %s; skipped", exc)
-        return {"skipped": str(exc)}
-    summary: dict[str, Any] = result.as_dict()
-    log.info("retention: pruned %d, failed %d", len(result.pruned), len(result.failed))
-    return summary
+def __getattr__(name: str) -> Any:
+    """``huey``: the queue of the ``DISKCI_*`` environment, built when first asked for (``huey_consumer``)."""
+    if name == "huey":
+        return _environment_queue().huey
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,17 +20,18 @@ from typing import Any
 from diskci import mediatypes as mt
 from diskci.atomic import atomic_path
 from diskci.errors import RegistryError, VerificationFailed
-from diskci.registry.client import (
+from diskci.registry.reference import Reference
+from diskci.registry.store import (
     BlobSource,
     Descriptor,
     check_digest,
     download_verified,
     fallback_tag,
     referrer_descriptor,
+    referrers_index,
     sha256_digest,
     write_json_file,
 )
-from diskci.registry.reference import Reference
 
 
 class LayoutRegistry:
@@ -190,8 +191,6 @@ class LayoutRegistry:
         return [d for d in found if artifact_type is None or d.artifact_type == artifact_type]
 
     def add_referrer(self, manifest: bytes, subject: Descriptor) -> Descriptor:
-        from diskci.registry.client import referrers_index
-
         desc = referrer_descriptor(manifest)
         self.push_manifest(manifest, desc.media_type)
         existing = self.referrers(subject.digest)

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from diskci import mediatypes as mt
+from diskci.canonical import canonical_json
 from diskci.errors import BuildError, VerificationFailed
 from diskci.manifest import FILENAME, BuildManifest
-from diskci.registry.client import BlobSource, Descriptor, canonical_json, sha256_digest
+from diskci.registry.store import BlobSource, Descriptor, sha256_digest
 
 ANNOTATION_PATH = mt.ANNOTATION_PATH
 OCI_FAMILY_DIR = "oci"

@@ -22,13 +22,7 @@ from diskci import mediatypes as mt
 from diskci.atomic import atomic_path
 from diskci.errors import VerificationFailed
 from diskci.manifest import FILENAME, BuildManifest
-from diskci.registry.client import (
-    Descriptor,
-    RegistryClient,
-    open_registry,
-    parse_manifest,
-    write_json_file,
-)
+from diskci.registry import open_registry
 from diskci.registry.publication import (
     ANNOTATION_BUNDLE_PREDICATE,
     ANNOTATION_PATH,
@@ -38,6 +32,7 @@ from diskci.registry.publication import (
     SIGNATURES_DIR,
 )
 from diskci.registry.reference import Reference
+from diskci.registry.store import Descriptor, RegistryClient, parse_manifest, write_json_file
 
 log = logging.getLogger("diskci.registry")
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diskci import mediatypes as mt
+from diskci.canonical import canonical_json
 from diskci.errors import UsageError
-from diskci.registry.client import BlobSource, Descriptor, RegistryClient, canonical_json, open_registry
+from diskci.registry import open_registry
 from diskci.registry.publication import (
     ANNOTATION_BUNDLE_CONTENT,
     ANNOTATION_BUNDLE_PREDICATE,
@@ -31,6 +32,7 @@ from diskci.registry.publication import (
     statement_subjects,
 )
 from diskci.registry.reference import Reference
+from diskci.registry.store import BlobSource, Descriptor, RegistryClient
 
 log = logging.getLogger("diskci.registry")
 EMPTY_JSON = b"{}"

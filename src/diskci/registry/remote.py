@@ -19,11 +19,12 @@ import requests
 
 from diskci import mediatypes as mt
 from diskci.errors import RegistryError, VerificationFailed
-from diskci.registry.client import (
+from diskci.registry.reference import Reference
+from diskci.registry.store import (
     MANIFEST_TYPES,
+    BlobBody,
     BlobSource,
     Descriptor,
-    _Body,
     check_digest,
     download_verified,
     fallback_tag,
@@ -32,7 +33,6 @@ from diskci.registry.client import (
     retrying,
     sha256_digest,
 )
-from diskci.registry.reference import Reference
 
 log = logging.getLogger("diskci.registry")
 _ACCEPT = ", ".join(MANIFEST_TYPES)
@@ -54,7 +54,7 @@ class RemoteRegistry:
             url = self._base + url
         headers = dict(kw.pop("headers", None) or {})
         last: Exception | None = None
-        for _ in retrying(attempts=1 if isinstance(kw.get("data"), _Body) else 4):  # streams: once
+        for _ in retrying(attempts=1 if isinstance(kw.get("data"), BlobBody) else 4):  # streams: once
             try:
                 # do_request.__wrapped__: oras' auth handling without its slow catch-all retry loop
                 resp: requests.Response = oras.provider.Registry.do_request.__wrapped__(
@@ -98,7 +98,7 @@ class RemoteRegistry:
         resp = self._request(
             "PUT",
             f"{location}{sep}digest={desc.digest}",
-            data=_Body(source, desc.size),
+            data=BlobBody(source, desc.size),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)},
         )
         if resp.status_code not in (201, 204):

@@ -2,7 +2,7 @@
 
 Public API (used by ``diskci sign``, ``diskci authority`` and the HTTP front ``authority_http``):
 ``SigningAuthority.init(dir)`` / ``SigningAuthority.open(dir)``, ``issue_certificate()``,
-``log_dsse()``, ``trusted_root_json()``, worker credentials (``add_credential``/``check_credential``).
+``log_dsse()``, ``trusted_root_json()``, signer credentials (``add_credential``/``check_credential``).
 
 It issues the same evidence a public Sigstore deployment does, so sigstore-python's stock ``Verifier``
 accepts it given only ``trusted_root.json``:
@@ -19,7 +19,7 @@ Directory layout (private keys are mode 0600, the directory 0700)::
     authority.json        name, origin, default issuer, creation time
     root.key root.pem intermediate.key intermediate.pem ctlog.key tlog.key
     trusted_root.json     what verifiers need (media type ...trustedroot+json;version=0.1)
-    credentials.json      per-worker credentials: sha256 of the token, issuer, allowed identity prefix
+    credentials.json      per-signer credentials: sha256 of the token, issuer, allowed identity prefix
     log/entries.jsonl     the transparency log
 """
 
@@ -154,9 +154,9 @@ def _der_octets(raw: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class Credential:
-    """A CI worker's right to obtain certificates and log entries from ``authority serve``."""
+    """A signer's right to obtain certificates and log entries from ``authority serve``."""
 
-    worker: str
+    signer: str
     issuer: str
     identity_prefix: str
 
@@ -435,7 +435,7 @@ class SigningAuthority:
         except (InvalidSignature, ValueError, TypeError) as exc:
             raise AuthorityError(f"the certificate was not issued by this authority: {exc}") from None
 
-    # --- worker credentials --------------------------------------------------------------------
+    # --- signer credentials --------------------------------------------------------------------
     def _credentials(self) -> dict[str, dict[str, str]]:
         path = self.directory / "credentials.json"
         try:
@@ -444,13 +444,13 @@ class SigningAuthority:
             return {}
         return data
 
-    def add_credential(self, worker: str, *, issuer: str | None = None, identity_prefix: str = "") -> str:
-        """Create (or replace) ``worker``'s credential; returns the token (shown once, stored hashed)."""
-        if not worker or not worker.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise AuthorityError(f"invalid worker name {worker!r}: use letters, digits, '-', '_', '.'")
-        token = f"dci_{worker}_{secrets.token_urlsafe(32)}"
+    def add_credential(self, signer: str, *, issuer: str | None = None, identity_prefix: str = "") -> str:
+        """Create (or replace) ``signer``'s credential; returns the token (shown once, stored hashed)."""
+        if not signer or not signer.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise AuthorityError(f"invalid signer name {signer!r}: use letters, digits, '-', '_', '.'")
+        token = f"dci_{signer}_{secrets.token_urlsafe(32)}"
         creds = self._credentials()
-        creds[worker] = {
+        creds[signer] = {
             "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
             "issuer": issuer or self.config["default_issuer"],
             "identity_prefix": identity_prefix,
@@ -465,7 +465,7 @@ class SigningAuthority:
     def check_credential(self, token: str) -> Credential:
         """The credential ``token`` belongs to, or ``Unauthorized``."""
         digest = hashlib.sha256(token.encode()).hexdigest()
-        for worker, rec in self._credentials().items():
+        for signer, rec in self._credentials().items():
             if hmac.compare_digest(rec["token_sha256"], digest):
-                return Credential(worker=worker, issuer=rec["issuer"], identity_prefix=rec["identity_prefix"])
-        raise Unauthorized("unknown or revoked worker credential")
+                return Credential(signer=signer, issuer=rec["issuer"], identity_prefix=rec["identity_prefix"])
+        raise Unauthorized("unknown or revoked signer credential")

@@ -1,9 +1,9 @@
-"""``diskci authority serve``: the signing authority over HTTP, so CI workers never hold CA keys.
+"""``diskci authority serve``: the signing authority over HTTP, so signers never hold CA keys.
 
 Public API: ``create_app(directory) -> FastAPI`` and ``AuthorityClient(url, token)`` (a
 ``SigningBackend`` for ``sign_publication``).
 
-Endpoints (every request but the trusted root carries ``Authorization: Bearer <worker credential>``,
+Endpoints (every request but the trusted root carries ``Authorization: Bearer <signer credential>``,
 made by ``diskci authority issue``; the credential fixes the issuer and an allowed identity prefix):
 
 - ``POST /api/v2/signingCert`` (Fulcio-like): ``{identity, publicKey (PEM), proofOfPossession
@@ -57,7 +57,7 @@ def create_app(directory: Path) -> FastAPI:
 
     def credential(authorization: Annotated[str | None, Header()] = None) -> Credential:
         if not authorization or not authorization.startswith("Bearer "):
-            raise Unauthorized("missing worker credential (Authorization: Bearer ...)")
+            raise Unauthorized("missing signer credential (Authorization: Bearer ...)")
         return authority.check_credential(authorization.removeprefix("Bearer ").strip())
 
     @app.get("/api/v1/trusted_root")
@@ -71,7 +71,7 @@ def create_app(directory: Path) -> FastAPI:
     @app.post("/api/v2/signingCert")
     def signing_cert(req: CertificateRequest, cred: Credential = Depends(credential)) -> dict[str, Any]:
         if cred.identity_prefix and not req.identity.startswith(cred.identity_prefix):
-            raise Forbidden(f"worker {cred.worker} may not sign as {req.identity!r}")
+            raise Forbidden(f"signer {cred.signer} may not sign as {req.identity!r}")
         try:
             key = serialization.load_pem_public_key(req.publicKey.encode())
             if not isinstance(key, ec.EllipticCurvePublicKey):
@@ -97,7 +97,7 @@ def create_app(directory: Path) -> FastAPI:
 
 
 class AuthorityClient:
-    """``SigningBackend`` talking to ``diskci authority serve`` with a worker credential."""
+    """``SigningBackend`` talking to ``diskci authority serve`` with a signer credential."""
 
     def __init__(
         self, url: str, token: str, *, timeout: float = 30.0, client: httpx.Client | None = None
@@ -129,7 +129,7 @@ class AuthorityClient:
     def issue_certificate(
         self, key: ec.EllipticCurvePrivateKey, *, identity: str, issuer: str | None = None
     ) -> x509.Certificate:
-        """A leaf for ``identity``; the issuer is the one the worker credential is bound to."""
+        """A leaf for ``identity``; the issuer is the one the signer credential is bound to."""
         pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )

@@ -1,19 +1,19 @@
-"""Sign publications as sigstore bundles and verify them with sigstore-python.
+"""Sign publications as sigstore bundles and verify one bundle with sigstore-python.
 
-Public API (the platform's publication processor uses the verify half):
-``sign_publication(build_dir, authority=..., identity=...)``, ``sign_statement(...)``,
-``verify_bundle(bundle, subject_digest=..., policy=..., trusted_root=...)``,
-``verify_publication(source, policy, trusted_root=...) -> VerifiedPublication``, ``IdentityPolicy``.
+Public API: ``sign_publication(build_dir, authority=..., identity=...)``, ``sign_statement(...)``,
+``verify_bundle(bundle, subject_digest=..., policy=..., trusted_root=...) -> BundleVerification``,
+``load_trusted_root(path)``, ``IdentityPolicy``. A whole publication is verified by
+``diskci.supplychain.verifier`` (which calls ``verify_bundle`` for each of its bundles).
 
 Bundles are v0.3 (``application/vnd.dev.sigstore.bundle.v0.3+json``) holding a DSSE envelope of an
 in-toto v1 statement, exactly as cosign v3 writes them: one over the OCI index digest (predicate
 ``https://sigstore.dev/cosign/sign/v1``) and one SLSA provenance v1 statement. So a bundle made by a
 public Sigstore deployment verifies through the same path.
 
-Every verification failure is ``VerificationFailed(reason, message)`` with one of: ``bundle_malformed``,
-``unknown_ca``, ``certificate_expired``, ``issuer_mismatch``, ``identity_mismatch``,
-``signature_invalid`` (bad signature, or a signature for another artifact), ``tlog_invalid``,
-``signature_missing``, ``digest_mismatch``, ``manifest_invalid``, ``fsverity_mismatch``.
+Every bundle verification failure is ``VerificationFailed(reason, message)`` with one of:
+``bundle_malformed``, ``unknown_ca``, ``certificate_expired``, ``issuer_mismatch``,
+``identity_mismatch``, ``signature_invalid`` (bad signature, or a signature for another artifact),
+``tlog_invalid``.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,8 +36,8 @@ from sigstore.verify import Verifier
 
 from diskci import mediatypes as mt
 from diskci.atomic import write_bytes
+from diskci.canonical import canonical_json
 from diskci.errors import UsageError, VerificationFailed
-from diskci.manifest import sha256_file
 from diskci.registry.publication import (
     PROVENANCE_BUNDLE,
     PUBLICATION_BUNDLE,
@@ -63,12 +61,10 @@ __all__ = [
     "SignResult",
     "SigningBackend",
     "Source",
-    "VerifiedPublication",
     "load_trusted_root",
     "sign_publication",
     "sign_statement",
     "verify_bundle",
-    "verify_publication",
 ]
 
 IN_TOTO_PAYLOAD_TYPE = mt.IN_TOTO_PAYLOAD_TYPE
@@ -114,7 +110,7 @@ def sign_statement(
     """Sign ``statement`` with a fresh key certified for ``identity``; returns (bundle JSON, log entry)."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = authority.issue_certificate(key, identity=identity, issuer=issuer)
-    payload = json.dumps(statement, separators=(",", ":"), sort_keys=True).encode()
+    payload = canonical_json(statement, ascii_only=True)
     sig = key.sign(_pae(IN_TOTO_PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
     envelope = {
         "payload": base64.b64encode(payload).decode(),
@@ -242,23 +238,6 @@ class BundleVerification:
     source: str = ""
 
 
-@dataclass
-class VerifiedPublication:
-    """What a successful ``verify_publication`` established."""
-
-    source: str
-    index_digest: str
-    platform: str
-    version: str
-    identity: str
-    issuer: str
-    bundles: list[BundleVerification] = field(default_factory=list)
-    artifacts: int = 0
-    bytes: int = 0
-    fsverity_checked: int = 0
-    directory: Path | None = None
-
-
 def load_trusted_root(path: Path | None = None) -> TrustedRoot:
     """``path``'s trusted root, or Sigstore's public one (from sigstore-python's offline TUF cache)."""
     if path is None:
@@ -363,95 +342,3 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
-
-
-def _check_files(pub: Publication, *, sha256: bool, fsverity: bool) -> tuple[int, int, int]:
-    """Every artifact's sha256 (and fs-verity digest) against build.json."""
-    from diskci.formats import fsverity as fsv
-
-    count = nbytes = checked = 0
-    for a in pub.build.all_artifacts():
-        path = pub.build_dir / a.path
-        if sha256 and sha256_file(path) != a.sha256:
-            raise _fail("digest_mismatch", f"{a.path}: sha256 differs from build.json")
-        if fsverity and a.fsverity:
-            if fsv.hexdigest_file(path) != a.fsverity:
-                raise _fail("fsverity_mismatch", f"{a.path}: fs-verity digest differs from build.json")
-            checked += 1
-        count += 1
-        nbytes += a.size
-    return count, nbytes, checked
-
-
-def verify_publication(
-    source: str | Path,
-    policy: IdentityPolicy,
-    *,
-    trusted_root: Path | TrustedRoot | None = None,
-    dest: Path | None = None,
-    check_fsverity: bool = True,
-) -> VerifiedPublication:
-    """Verify a publication at a reference (pulled, every digest checked) or in a local directory.
-
-    ``source``: ``host/repo:tag``, ``oci-layout:PATH:tag`` or a directory (a signed build, or a pull).
-    ``dest``: where to keep the pulled publication (default: a temporary directory, removed after).
-    """
-    root = trusted_root if isinstance(trusted_root, TrustedRoot) else load_trusted_root(trusted_root)
-    tmp: Path | None = None
-    try:
-        if isinstance(source, Path) or Path(str(source)).is_dir():
-            directory = Path(source)
-            pulled_digest = None
-        else:
-            from diskci.registry.pull import pull_publication
-
-            if dest is None:
-                tmp = Path(tempfile.mkdtemp(prefix="diskci-verify-"))
-                dest = tmp / "publication"
-            pulled = pull_publication(str(source), dest)
-            directory, pulled_digest = pulled.directory, pulled.index_digest
-        pub = plan_publication(directory)
-        # 1. the published index is exactly what build.json describes
-        if pulled_digest is not None and pulled_digest != pub.index_desc.digest:
-            raise _fail(
-                "manifest_invalid",
-                f"{source}: the registry's index {pulled_digest} is not the index build.json describes "
-                f"({pub.index_desc.digest})",
-            )
-        # 2. every file matches build.json (a pull already checked each sha256 while downloading, and
-        #    step 1 tied those digests and paths to build.json)
-        count, nbytes, checked = _check_files(pub, sha256=pulled_digest is None, fsverity=check_fsverity)
-        # 3. the signatures: at least one over the index, and every bundle present verifies
-        paths = sorted(bundle_files(directory), key=lambda p: (p.name != PUBLICATION_BUNDLE, p.name))
-        results = [
-            verify_bundle(
-                p.read_bytes(),
-                subject_digest=pub.index_desc.digest,
-                policy=policy,
-                trusted_root=root,
-                name=p.name,
-            )
-            for p in paths
-        ]
-        signed = [r for r in results if r.predicate_type == mt.COSIGN_SIGN_PREDICATE]
-        if not signed:
-            raise _fail(
-                "signature_missing",
-                f"{source}: no signature over the publication index {pub.index_desc.digest}",
-            )
-        return VerifiedPublication(
-            source=str(source),
-            index_digest=pub.index_desc.digest,
-            platform=pub.build.platform,
-            version=pub.build.version,
-            identity=signed[0].identity,
-            issuer=signed[0].issuer,
-            bundles=results,
-            artifacts=count,
-            bytes=nbytes,
-            fsverity_checked=checked,
-            directory=None if tmp else directory,
-        )
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)

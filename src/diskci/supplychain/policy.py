@@ -19,13 +19,13 @@ from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 from sigstore.errors import VerificationError
 
-from diskci.errors import UsageError
+from diskci.errors import SupplyChainError, UsageError
 
 OID_ISSUER_V1 = ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 OID_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 
 
-class PolicyMismatch(VerificationError):
+class PolicyMismatch(VerificationError, SupplyChainError):
     """The certificate is genuine but not the signer the policy asks for."""
 
     def __init__(self, reason: str, message: str) -> None:

@@ -16,13 +16,13 @@ took 18 s on a 600 MB root here, zstd under 2 s; podman, skopeo, containerd and 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diskci.atomic import atomic_path
+from diskci.canonical import canonical_json
 from diskci.errors import BuildError
 from diskci.image.artifacts.esp import rootfs_tar
 from diskci.image.pipeline import BuildContext
@@ -64,12 +64,8 @@ def rfc3339(epoch: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def _canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def _put_json(blobs: Path, media_type: str, doc: dict[str, Any]) -> Descriptor:
-    data = _canonical(doc)
+    data = canonical_json(doc)
     digest = hashlib.sha256(data).hexdigest()
     (blobs / digest).write_bytes(data)
     return Descriptor(media_type, f"sha256:{digest}", len(data))
@@ -139,8 +135,8 @@ def write_layout(
             {**manifest.to_json(), "platform": platform, "annotations": {ANNOTATION_REF_NAME: ref_name}}
         ],
     }
-    (dest / "index.json").write_bytes(_canonical(index))
-    (dest / "oci-layout").write_bytes(_canonical({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
+    (dest / "index.json").write_bytes(canonical_json(index))
+    (dest / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
     return manifest
 
 

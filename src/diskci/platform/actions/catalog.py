@@ -3,7 +3,10 @@
 An action is a plain function ``def f(ctx: ActionContext, data: Input) -> Output`` registered with
 ``@action(name, Input, Output, role)``. The HTTP API, the CLI and the MCP server are generated from
 this catalog and run actions only through ``invoke()``, which validates the input, checks the
-caller's role and runs the function in one unit of work (commit once, or roll back).
+caller's role, refuses a destructive action that was not confirmed (the same rule for every adapter)
+and runs the function in one unit of work (commit once, or roll back). The adapter hands its ``Ports``
+(the task queue, later the CI backend and compute provider) to ``invoke()``; actions reach them through
+``ActionContext.ports`` only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy.orm import Session
 from diskci.errors import Conflict, Forbidden, InvalidRequest, PlatformError
 from diskci.platform.db.models import Role, utcnow
 from diskci.platform.db.session import Database
+from diskci.platform.ports import Ports
 from diskci.platform.secrets import SecretBox
 from diskci.platform.settings import PlatformSettings
 
@@ -59,7 +63,8 @@ class Empty(ActionModel):
 
 @dataclass
 class ActionContext:
-    """What an action may use: the open session, the settings, who is calling, and the clock."""
+    """What an action may use: the open session, the settings, who is calling, the clock, and the
+    adapter's ports (``ctx.ports.enqueue_publication(...)``; ``ci_backend`` and ``compute_provider``)."""
 
     session: Session
     settings: PlatformSettings
@@ -67,6 +72,7 @@ class ActionContext:
     role: Role
     database: Database | None = None
     now: datetime = field(default_factory=utcnow)
+    ports: Ports = field(default_factory=Ports)
 
     @cached_property
     def box(self) -> SecretBox:
@@ -94,8 +100,8 @@ class ActionSpec:
 _CATALOG: dict[str, ActionSpec] = {}
 
 
-class DuplicateAction(Exception):
-    pass
+class DuplicateAction(PlatformError):
+    """Two actions were registered under one name (a programming error, found at import)."""
 
 
 def action(
@@ -150,6 +156,24 @@ class UnknownAction(InvalidRequest):
     http_status = 404
 
 
+class ConfirmationRequired(InvalidRequest):
+    """A destructive action was invoked without confirmation; ``action`` names it."""
+
+    http_status = 428  # Precondition Required
+
+    def __init__(self, action: str) -> None:
+        self.action = action
+        super().__init__(
+            f"{action} is destructive and was not confirmed",
+            hint="Confirm it: --yes on the command line, confirmed=True to invoke().",
+        )
+
+
+def check_confirmed(spec: ActionSpec, confirmed: bool) -> None:
+    if spec.destructive and not confirmed:
+        raise ConfirmationRequired(spec.name)
+
+
 class ConcurrentChange(Conflict):
     """A uniqueness rule was hit by a change that raced this one (the other change won)."""
 
@@ -197,14 +221,28 @@ def invoke(
     settings: PlatformSettings,
     actor: str,
     role: Role,
+    confirmed: bool = False,
+    ports: Ports | None = None,
 ) -> BaseModel:
-    """Run one action as ``actor`` with ``role``: validate, authorize, run, commit once."""
+    """Run one action as ``actor`` with ``role``: validate, authorize, confirm, run, commit once.
+
+    A destructive action needs ``confirmed=True`` (the adapter's confirmation: ``--yes`` on the CLI),
+    else ``ConfirmationRequired``. ``ports`` are what the action may reach outside the database.
+    """
     spec = get_action(name)
     check_role(spec, role)
     payload = parse_input(spec, data)
+    check_confirmed(spec, confirmed)
     try:
         with _scope(database, spec) as session:
-            ctx = ActionContext(session=session, settings=settings, actor=actor, role=role, database=database)
+            ctx = ActionContext(
+                session=session,
+                settings=settings,
+                actor=actor,
+                role=role,
+                database=database,
+                ports=ports or Ports(),
+            )
             result = spec.func(ctx, payload)
             if not isinstance(result, spec.output_model):
                 raise TypeError(f"{name} returned {type(result).__name__}, not {spec.output_model.__name__}")

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator
 from sqlalchemy import func, select
 
-from diskci.errors import Conflict
+from diskci.errors import Conflict, InvalidRequest
 from diskci.platform.actions.catalog import ActionContext, ActionModel, Empty, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
@@ -26,11 +26,15 @@ from diskci.platform.db.models import (
 _MAC = re.compile(r"^[0-9a-f]{2}([:-]?)[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 
 
+class InvalidMacAddress(InvalidRequest, ValueError):
+    """Not a MAC address (a ValueError too, so that pydantic reports it inside input validation)."""
+
+
 def normalize_mac(mac: str) -> str:
     """``52-54-00-AB-CD-EF``, ``525400abcdef`` → ``52:54:00:ab:cd:ef``."""
     value = mac.strip().lower()
     if not _MAC.match(value):
-        raise ValueError(f"{mac!r} is not a MAC address")
+        raise InvalidMacAddress(f"{mac!r} is not a MAC address")
     digits = re.sub(r"[:-]", "", value)
     return ":".join(digits[i : i + 2] for i in range(0, 12, 2))
 

@@ -14,6 +14,7 @@ from diskci.platform.actions.catalog import ActionContext, ActionModel, UtcDatet
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
 from diskci.platform.db.models import DiskImagePublication, NodePlatform, PublicationStatus, Role
+from diskci.supplychain.verified import PublicationArtifacts
 
 StatusName = Literal["processing", "published", "failed", "pruned"]
 
@@ -43,7 +44,7 @@ class PublicationOut(ActionModel):
     failure_detail: str | None
     manifest_digest: str
     composefs_digest: str | None
-    artifacts: dict[str, Any]
+    artifacts: PublicationArtifacts
     signer_identity: str | None
     signer_issuer: str | None
     signed_at: datetime | None
@@ -64,7 +65,7 @@ class PublicationOut(ActionModel):
             failure_detail=pub.failure_detail,
             manifest_digest=pub.manifest_digest,
             composefs_digest=pub.composefs_digest,
-            artifacts=pub.artifacts,
+            artifacts=pub.verified_artifacts,
             signer_identity=pub.signer_identity,
             signer_issuer=pub.signer_issuer,
             signed_at=pub.signed_at,

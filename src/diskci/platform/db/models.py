@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from diskci.supplychain.verified import PublicationArtifacts
+
 
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC (the only kind of time stored)."""
@@ -183,12 +185,8 @@ class DiskImageWebhook(Base):
 class DiskImagePublication(Base):
     """One published (or failed, or pruned) image index of a platform, as verified by the processor.
 
-    ``artifacts`` maps each architecture to its verified files::
-
-        {"amd64": {"manifest_digest": "sha256:..", "config_sha256": "<hex>",
-                   "composefs_digest": "<fs-verity hex>", "kernel_version": "..", "cmdline": "..",
-                   "artifacts": [{"name": "rootfs.erofs", "media_type": "..", "size": 1,
-                                  "sha256": "<hex>", "fsverity": "<hex>|null", "digest": "sha256:.."}]}}
+    ``artifacts`` maps each architecture to its verified files: the JSON shape of
+    ``diskci.supplychain.verified.PublicationArtifacts``, which ``verified_artifacts`` reads it as.
     """
 
     __tablename__ = "disk_image_publications"
@@ -218,6 +216,11 @@ class DiskImagePublication(Base):
     pruned_at: Mapped[datetime | None] = mapped_column(default=None)
 
     platform: Mapped[NodePlatform] = relationship(foreign_keys=[platform_id], lazy="joined")
+
+    @property
+    def verified_artifacts(self) -> PublicationArtifacts:
+        """``artifacts``, typed (architecture → manifest, build.json config, files)."""
+        return PublicationArtifacts.model_validate(self.artifacts or {})
 
 
 class WebhookDelivery(Base):

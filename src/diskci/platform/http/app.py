@@ -3,6 +3,11 @@
 Every registered action is served as ``POST /api/v1/<action name>`` with its pydantic input as the JSON
 body and its output as the response, behind a bearer token whose role must allow the action. Errors
 become ``{"error": "<ErrorClass>", "detail": "..."}`` with the error's HTTP status, in one handler.
+
+The app's ports (the task queue) are built once from what ``create_app`` was given and handed to
+``invoke()`` and to the webhook receiver. A destructive action's route is its own confirmation: the
+bearer-authenticated POST to ``/api/v1/<action>`` names the action explicitly, so the adapter invokes it
+with ``confirmed=True`` (the CLI asks for ``--yes`` instead).
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from diskci.errors import DiskciError, InvalidRequest, Unauthorized
 from diskci.platform.actions.catalog import ActionSpec, DatabaseUnavailable, invoke, load_all
 from diskci.platform.db.session import Database, configure, set_default
 from diskci.platform.http.auth import Principal, current_principal
+from diskci.platform.ports import EnqueuePublication, Ports
 from diskci.platform.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-Enqueue = Callable[[str], str]
+DESTRUCTIVE_NOTE = (
+    "**Destructive.** Calling this route is the confirmation: the action runs at once, so send it only"
+    " when it is meant (the CLI asks for `--yes`)."
+)
 
 
 def error_response(exc: DiskciError) -> JSONResponse:
@@ -72,6 +81,8 @@ def _action_endpoint(spec: ActionSpec) -> Callable[..., BaseModel]:
             settings=request.app.state.settings,
             actor=f"token:{principal.name}",
             role=principal.role,
+            confirmed=True,  # the route names the action: the call is its confirmation
+            ports=request.app.state.ports,
         )
 
     params = [
@@ -97,33 +108,33 @@ def _action_endpoint(spec: ActionSpec) -> Callable[..., BaseModel]:
 def add_action_routes(app: FastAPI) -> None:
     for spec in load_all().values():
         extra: dict[str, Any] = {"x-diskci-role": spec.role.value, "x-diskci-destructive": spec.destructive}
+        description = f"{spec.description}\n\nRole: **{spec.role.value}** or higher."
+        if spec.destructive:
+            description += f"\n\n{DESTRUCTIVE_NOTE}"
         app.add_api_route(
             f"{API_PREFIX}/{spec.name}",
             _action_endpoint(spec),
             methods=["POST"],
             response_model=spec.output_model,
             summary=spec.summary,
-            description=f"{spec.description}\n\nRole: **{spec.role.value}** or higher.",
+            description=description,
             operation_id=spec.name,
             tags=[_tag(spec)],
             openapi_extra=extra,
         )
 
 
-def _default_enqueue(delivery_id: str) -> str:
-    from diskci.platform.tasks import enqueue_publication
-
-    return enqueue_publication(delivery_id)
-
-
 def create_app(
     settings: PlatformSettings | None = None,
     *,
     database: Database | None = None,
-    enqueue: Enqueue | None = None,
+    enqueue: EnqueuePublication | None = None,
     migrate: bool = True,
 ) -> FastAPI:
-    """Build the platform's ASGI app; the schema is upgraded to the newest revision first."""
+    """Build the platform's ASGI app; the schema is upgraded to the newest revision first.
+
+    ``enqueue`` queues a webhook delivery for processing; by default, on ``TaskQueue(settings)``.
+    """
     settings = settings or PlatformSettings()
     settings.resolve_secret_key()  # fail at start, not at the first webhook, when the key is missing
     if database is None:
@@ -142,7 +153,11 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
-    app.state.enqueue = enqueue or _default_enqueue
+    if enqueue is None:
+        from diskci.platform.tasks import TaskQueue
+
+        enqueue = TaskQueue(settings, database=database).enqueue_publication
+    app.state.ports = Ports(enqueue=enqueue)
     app.add_exception_handler(DiskciError, _diskci_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
 

@@ -30,6 +30,7 @@ from diskci.platform.services.netboot import (
     retry_script,
 )
 from diskci.platform.settings import PlatformSettings
+from diskci.supplychain.verified import ArtifactRecord
 
 IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
 MAX_REPORT_BYTES = 64 * 1024
@@ -130,15 +131,15 @@ async def netboot_artifact(
 ) -> Response:
     """Stream one artifact of a published publication from the blob cache (Range and ETag honoured)."""
 
-    def lookup() -> dict[str, Any]:
+    def lookup() -> ArtifactRecord:
         with state.database.read_session() as s:
-            return state.netboot.servable_artifact(s, publication, arch, artifact)
+            return state.netboot.servable_file(s, publication, arch, artifact)
 
     try:
         record = await run_in_threadpool(lookup)
     except NotFound as exc:
         return JSONResponse({"error": "NotFound", "detail": exc.message}, status_code=404)
-    digest = str(record["sha256"])
+    digest = record.sha256
     etag = f'"{digest}"'
     path = state.blobs.path(digest)
     if not path.is_file():

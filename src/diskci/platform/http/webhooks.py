@@ -130,11 +130,6 @@ def _signature(headers: Any) -> bytes:
     return bytes.fromhex(match.group(1))
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The signature header value for ``body`` (what ``diskci notify`` sends)."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
 def _parse(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -246,7 +241,7 @@ def _accept(request: Request, body: bytes) -> Accepted:
             f"delivery {delivery_id} was already accepted; it is never accepted twice"
         ) from exc
     try:
-        task_id = request.app.state.enqueue(delivery_id)
+        task_id = request.app.state.ports.enqueue_publication(delivery_id)
     except Exception as exc:
         log.exception("could not queue delivery %s", delivery_id)
         with database.session() as session:  # forget it, so that the sender's retry is accepted

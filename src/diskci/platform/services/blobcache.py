@@ -19,18 +19,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from diskci.errors import VerificationFailed
+from diskci.errors import InvalidRequest, VerificationFailed
 from diskci.formats.fsverity import FsVerityHasher
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _STALE_TMP_SECONDS = 3600
 
 
+class InvalidDigest(InvalidRequest):
+    """A blob was named by something other than a sha256 digest."""
+
+
 def normalize_digest(digest: str) -> str:
     """``sha256:<hex>`` or ``<hex>`` → ``<hex>``; anything else is refused."""
     hexpart = digest.removeprefix("sha256:")
     if not _HEX64.fullmatch(hexpart):
-        raise ValueError(f"not a sha256 digest: {digest!r}")
+        raise InvalidDigest(f"not a sha256 digest: {digest!r}")
     return hexpart
 
 

@@ -32,6 +32,7 @@ from diskci.platform.db.models import (
     NodePlatform,
     PublicationStatus,
 )
+from diskci.supplychain.verified import ArtifactRecord
 
 # iPXE's ${buildarch} → diskci architecture. A BIOS iPXE is an i386 build that boots x86_64 kernels.
 IPXE_ARCHES = {"x86_64": "amd64", "i386": "amd64", "arm64": "arm64"}
@@ -240,33 +241,39 @@ class NetbootService:
             return NotReady(f"platform {platform.name} has no default publication")
         if pub.status != PublicationStatus.PUBLISHED.value or pub.pruned_at is not None:
             return NotReady(f"the default publication of {platform.name} is {pub.status}")
-        arch_entry = (pub.artifacts or {}).get(request.arch)
-        if not arch_entry:
+        arch_entry = pub.verified_artifacts.arch(request.arch)
+        if arch_entry is None:
             return NotReady(f"publication {pub.version} of {platform.name} has no {request.arch} images")
-        names = {a["name"]: a for a in arch_entry.get("artifacts", [])}
-        missing = [n for n in (KERNEL, INITRD, ROOT_IMAGE) if n not in names]
-        if missing:
+        missing = [n for n in (KERNEL, INITRD, ROOT_IMAGE) if arch_entry.file(n) is None]
+        root = arch_entry.file(ROOT_IMAGE)
+        if missing or root is None:
             return NotReady(f"publication {pub.version} ({request.arch}) lacks {', '.join(missing)}")
         return BootTarget(
             platform=platform.name,
             publication_id=pub.id,
             version=pub.version,
             arch=request.arch,
-            root_sha256=names[ROOT_IMAGE]["sha256"],
-            cmdline=str(arch_entry.get("cmdline") or ""),
+            root_sha256=root.sha256,
+            cmdline=arch_entry.cmdline,
             node_id=node.id if node is not None else None,
         )
 
     @staticmethod
-    def servable_artifact(session: Session, publication_id: int, arch: str, name: str) -> dict[str, Any]:
+    def servable_file(session: Session, publication_id: int, arch: str, name: str) -> ArtifactRecord:
         """The verified record of one file, only from a published, unpruned publication."""
         pub = session.get(DiskImagePublication, publication_id)
         if pub is None or pub.status != PublicationStatus.PUBLISHED.value or pub.pruned_at is not None:
             raise NotFound(f"publication {publication_id} is not published")
-        for art in (pub.artifacts or {}).get(arch, {}).get("artifacts", []):
-            if art.get("name") == name:
-                return dict(art)
-        raise NotFound(f"publication {publication_id} has no {arch} artifact {name!r}")
+        arch_entry = pub.verified_artifacts.arch(arch)
+        record = arch_entry.file(name) if arch_entry is not None else None
+        if record is None:
+            raise NotFound(f"publication {publication_id} has no {arch} artifact {name!r}")
+        return record
+
+    @staticmethod
+    def servable_artifact(session: Session, publication_id: int, arch: str, name: str) -> dict[str, Any]:
+        """``servable_file`` as the stored JSON record (``name``, ``sha256``, ``size``, ...)."""
+        return NetbootService.servable_file(session, publication_id, arch, name).model_dump(mode="json")
 
     # --- reports ---------------------------------------------------------------------------------
     @staticmethod

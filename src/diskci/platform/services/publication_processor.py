@@ -1,21 +1,18 @@
 """DiskImagePublicationProcessor: turn a ``disk_image_built`` delivery into a verified publication.
 
 Deny by default (sigstore policy-controller's stance): a publication becomes ``published`` only when
-every step below passed, and then in one transaction together with its ``disk_image_published``
-event. Any failed check marks it ``failed`` with a stable reason code and a
-``disk_image_publication_failed`` event carrying that reason.
+every check of ``diskci.supplychain.verifier`` passed, and then in one transaction together with its
+``disk_image_published`` event. Any failed check marks it ``failed`` with the verifier's stable reason
+code and a ``disk_image_publication_failed`` event carrying that reason. This module is the database
+state machine around that one verifier:
 
   1. load the delivery and the platform's policy (identity regexp, issuer, trusted root);
   2. claim the publication row;
-  3. resolve the reference, which must lie in the platform's repository    ``reference_mismatch``
-  4. the index digest equals the delivered ``manifest_digest``             ``digest_mismatch``
-  5. find the sigstore bundles referring to the index                      ``signature_missing``
-  6. verify every bundle (sigstore-python) against the policy              ``signature_invalid``,
-     ``identity_mismatch``, ``issuer_mismatch``, ``unknown_ca``, ``tlog_invalid``, ...
-  7. download every artifact blob into the blob cache, checking sha256     ``digest_mismatch``
-     and, for root and composefs images, the fs-verity digest of build.json ``fsverity_mismatch``
-  8. build.json agrees with the manifests, every architecture present      ``manifest_invalid``
-  9. one transaction: ``published`` + ``disk_image_published``.
+  3. verify (``PublicationVerifier.verify``: the reference lies in the platform's repository, the
+     index is the delivered ``manifest_digest``, its bundles verify against the policy, every
+     architecture's manifest agrees with build.json, every blob enters the blob cache with its sha256
+     and fs-verity digest checked), reading through a ``RegistryReader`` over the blob cache;
+  4. one transaction: ``published`` + ``disk_image_published`` with the verified artifacts.
 A registry that cannot be reached is ``registry_unreachable`` once the queue's retries are spent.
 
 Idempotence: publications are unique per (platform, index digest). The row is claimed first (inserted
@@ -36,12 +33,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sigstore.models import TrustedRoot
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from diskci import mediatypes as mt
 from diskci.errors import NotFound, PlatformError, RegistryError, UsageError, VerificationFailed
-from diskci.manifest import BuildManifest
 from diskci.platform.db.models import (
     DiskImagePublication,
     Event,
@@ -51,16 +47,16 @@ from diskci.platform.db.models import (
 )
 from diskci.platform.db.session import Database, rowcount
 from diskci.platform.services.blobcache import BlobCache
-from diskci.registry.client import Descriptor, RegistryClient, open_registry, parse_manifest
+from diskci.registry import Descriptor, RegistryClient, open_registry
 from diskci.registry.reference import Reference
+from diskci.supplychain.bundle import IdentityPolicy, load_trusted_root
+from diskci.supplychain.readers import RegistryReader
+from diskci.supplychain.verifier import Expectation, PublicationVerifier, Verification
 
 log = logging.getLogger(__name__)
 
 
 AUTHORITY_DIR = "authority"  # under the state directory: the embedded signing authority
-# Artifacts whose fs-verity digest (recorded in build.json) is recomputed from the downloaded bytes.
-FSVERITY_MEDIA_TYPES = frozenset({mt.ROOT_IMAGE, mt.COMPOSEFS_IMAGE})
-FSVERITY_NAMES = frozenset({"rootfs.img"})
 
 
 def registry_failure_reason(exc: RegistryError) -> str:
@@ -102,15 +98,6 @@ class DeliveryInfo:
 
 
 @dataclass
-class Verified:
-    artifacts: dict[str, Any]
-    composefs_digest: str | None
-    signer_identity: str | None
-    signer_issuer: str | None
-    signed_at: datetime | None
-
-
-@dataclass
 class Outcome:
     publication_id: int
     status: str
@@ -126,13 +113,6 @@ class Outcome:
             "detail": self.detail,
             "duplicate": self.duplicate,
         }
-
-
-@dataclass(frozen=True)
-class SignatureResult:
-    identity: str | None
-    issuer: str | None
-    signed_at: datetime | None
 
 
 class DiskImagePublicationProcessor:
@@ -162,7 +142,7 @@ class DiskImagePublicationProcessor:
         if isinstance(claimed, Outcome):
             return claimed
         try:
-            verified = self._verify(info)  # steps 3-8
+            verified = self._verify(info)  # 3. the verifier's checks
         except VerificationFailed as exc:
             return self._fail(claimed, info, exc.reason, exc.message.removeprefix(f"{exc.reason}: "))
         except RegistryError as exc:
@@ -256,8 +236,8 @@ class DiskImagePublicationProcessor:
             .values(publication_id=pub_id)
         )
 
-    def _publish(self, pub_id: int, info: DeliveryInfo, v: Verified) -> Outcome:
-        # 9. One transaction: the row becomes published and the event is added. Compare-and-set: from
+    def _publish(self, pub_id: int, info: DeliveryInfo, v: Verification) -> Outcome:
+        # 4. One transaction: the row becomes published and the event is added. Compare-and-set: from
         # processing, or from failed (a concurrent worker's failure loses to a complete verification).
         now = datetime.now(UTC)
         with self.database.session() as s:
@@ -276,10 +256,10 @@ class DiskImagePublicationProcessor:
                         failure_detail=None,
                         version=info.version,
                         reference=info.reference,
-                        artifacts=v.artifacts,
-                        composefs_digest=v.composefs_digest,
-                        signer_identity=v.signer_identity,
-                        signer_issuer=v.signer_issuer,
+                        artifacts=v.artifacts.to_json(),
+                        composefs_digest=v.artifacts.composefs_digest,
+                        signer_identity=v.signature.identity,
+                        signer_issuer=v.signature.issuer,
                         signed_at=v.signed_at,
                         updated_at=now,
                     )
@@ -296,8 +276,8 @@ class DiskImagePublicationProcessor:
                             "delivery_id": info.delivery_id,
                             "manifest_digest": info.manifest_digest,
                             "reference": info.reference,
-                            "architectures": sorted(v.artifacts),
-                            "signer_identity": v.signer_identity,
+                            "architectures": v.artifacts.architectures,
+                            "signer_identity": v.signature.identity,
                             "critical": info.critical,
                         },
                     )
@@ -343,99 +323,21 @@ class DiskImagePublicationProcessor:
         return Outcome(pub_id, str(status), reason if changed else None, detail, duplicate=not changed)
 
     # --- verification ----------------------------------------------------------------------------
-    def _verify(self, info: DeliveryInfo) -> Verified:
-        # 3. Resolve the reference, which must name the platform's own repository.
-        ref = Reference.parse(info.reference)
-        base = str(Reference(ref.host, ref.repository, layout_path=ref.layout_path))
-        if base != info.repository.rstrip("/"):
-            raise VerificationFailed(
-                "reference_mismatch",
-                f"{info.reference} is not in the platform's repository {info.repository}",
-            )
-        client = self.registry(ref)
-        index_desc = client.resolve(ref.target)
-        # 4. The index digest must be the one that was delivered (and signed).
-        if index_desc.digest != info.manifest_digest:
-            raise VerificationFailed(
-                "digest_mismatch",
-                f"{info.reference} resolves to {index_desc.digest}, "
-                f"the delivery announced {info.manifest_digest}",
-            )
-        index_bytes, index_desc = client.get_manifest(index_desc.digest)
-        index = parse_manifest(index_bytes, index_desc.digest)
-        if index.get("mediaType") != mt.OCI_INDEX:
-            raise VerificationFailed("manifest_invalid", f"{index_desc.digest} is not an OCI image index")
-        # 5-6. Find the signature bundles and verify them against the platform's policy.
-        signature = self._verify_signatures(info, client, index_desc)
-        # 7-8. Every artifact manifest: blobs into the cache (sha256, fs-verity), build.json agreement.
-        artifacts: dict[str, Any] = {}
-        composefs: str | None = None
-        for entry in index.get("manifests") or []:
-            desc = Descriptor.from_json(entry)
-            if desc.artifact_type != mt.ARTIFACT_TYPE_IMAGE:
-                continue  # the runnable OCI image of the root: not part of what the platform serves
-            arch = desc.annotations.get(mt.ANNOTATION_ARCH) or (desc.platform or {}).get("architecture")
-            manifest_bytes, _ = client.get_manifest(desc.digest)
-            manifest = parse_manifest(manifest_bytes, desc.digest)
-            if manifest.get("artifactType") != mt.ARTIFACT_TYPE_IMAGE:
-                raise VerificationFailed(
-                    "manifest_invalid", f"manifest {desc.digest} is not a diskci image manifest"
-                )
-            if not arch:
-                raise VerificationFailed("manifest_invalid", f"manifest {desc.digest} names no architecture")
-            if arch in artifacts:
-                raise VerificationFailed("manifest_invalid", f"the index lists {arch} twice")
-            artifacts[arch] = self._verify_arch(info, client, arch, desc.digest, manifest)
-            composefs = composefs or artifacts[arch].get("composefs_digest")
-        missing = sorted(set(info.architectures) - set(artifacts))
-        if missing:
-            raise VerificationFailed(
-                "manifest_invalid",
-                f"{info.reference} has no image for {', '.join(missing)} (the platform needs them)",
-            )
-        if not artifacts:
-            raise VerificationFailed("manifest_invalid", f"{info.reference} holds no diskci image manifest")
-        return Verified(artifacts, composefs, signature.identity, signature.issuer, signature.signed_at)
-
-    def _verify_signatures(
-        self, info: DeliveryInfo, client: RegistryClient, index: Descriptor
-    ) -> SignatureResult:
-        """Every sigstore bundle referring to the index verifies, and one of them signs the index."""
-        from diskci.supplychain.bundle import IdentityPolicy, verify_bundle
-
+    def _verify(self, info: DeliveryInfo) -> Verification:
+        """The verifier's checks against the platform's policy, blobs going into the blob cache."""
         policy = IdentityPolicy(identity_regexp=info.identity_regexp, issuer=info.issuer)
-        root = self._trusted_root(info)
-        signed = None
-        count = 0
-        for ref_desc in client.referrers(index.digest, mt.SIGSTORE_BUNDLE_V03):
-            data, _ = client.get_manifest(ref_desc.digest)
-            manifest = parse_manifest(data, ref_desc.digest)
-            if (manifest.get("subject") or {}).get("digest") != index.digest:
-                continue  # a stale entry of the referrers fallback tag
-            layers = manifest.get("layers") or []
-            if not layers:
-                raise VerificationFailed("bundle_malformed", f"referrer {ref_desc.digest} carries no bundle")
-            bundle = client.read_blob(Descriptor.from_json(layers[0]))
-            result = verify_bundle(
-                bundle, subject_digest=index.digest, policy=policy, trusted_root=root, name=ref_desc.digest
-            )
-            count += 1
-            if result.predicate_type == mt.COSIGN_SIGN_PREDICATE and signed is None:
-                signed = result
-        if signed is None:
-            raise VerificationFailed(
-                "signature_missing",
-                f"no verified signature over {index.digest} ({count} other bundle(s) found)",
-            )
-        return SignatureResult(
-            identity=signed.identity,
-            issuer=signed.issuer,
-            signed_at=datetime.fromtimestamp(signed.integrated_time, UTC),
+        verifier = PublicationVerifier(policy, self._trusted_root(info))
+        reader = RegistryReader(info.reference, fetch=self._cache_blob, registry=self.registry)
+        expect = Expectation(
+            repository=info.repository,
+            index_digest=info.manifest_digest,
+            platform=info.platform,
+            version=info.version,
+            architectures=tuple(info.architectures),
         )
+        return verifier.verify(reader, expect)
 
-    def _trusted_root(self, info: DeliveryInfo) -> Any:
-        from diskci.supplychain.bundle import load_trusted_root
-
+    def _trusted_root(self, info: DeliveryInfo) -> TrustedRoot:
         if info.trusted_root is None:
             path = self.authority_dir / "trusted_root.json"
             if not path.is_file():
@@ -453,97 +355,7 @@ class DiskImagePublicationProcessor:
             except UsageError as exc:
                 raise VerificationFailed("trusted_root_invalid", exc.message) from None
 
-    def _verify_arch(
-        self, info: DeliveryInfo, client: RegistryClient, arch: str, digest: str, manifest: dict[str, Any]
-    ) -> dict[str, Any]:
-        config = Descriptor.from_json(manifest.get("config") or {})
-        if config.media_type != mt.BUILD_JSON:
-            raise VerificationFailed(
-                "manifest_invalid", f"{arch} manifest {digest}: config is not build.json"
-            )
-        build = self._build_json(client, config, arch)
-        if build.platform != info.platform or build.version != info.version:
-            raise VerificationFailed(
-                "manifest_invalid",
-                f"{arch} build.json is {build.platform}:{build.version}, "
-                f"the delivery is {info.platform}:{info.version}",
-            )
-        if arch not in build.architectures:
-            raise VerificationFailed("manifest_invalid", f"build.json has no {arch} section")
-        arch_build = build.architectures[arch]
-        recorded = {a.name: a for a in arch_build.artifacts}
-        layers = [Descriptor.from_json(d) for d in manifest.get("layers") or []]
-        seen: set[str] = set()
-        files: list[dict[str, Any]] = []
-        for layer in layers:
-            name = layer.annotations.get(mt.ANNOTATION_TITLE)
-            if not name or name not in recorded:
-                raise VerificationFailed(
-                    "manifest_invalid",
-                    f"{arch} layer {layer.digest} ({name!r}) is not an artifact of build.json",
-                )
-            if name in seen:
-                raise VerificationFailed("manifest_invalid", f"{arch}: artifact {name} appears twice")
-            seen.add(name)
-            art = recorded[name]
-            if (
-                layer.digest != f"sha256:{art.sha256}"
-                or layer.size != art.size
-                or layer.media_type != art.media_type
-            ):
-                raise VerificationFailed(
-                    "manifest_invalid",
-                    f"{arch}/{name}: the manifest says {layer.media_type} {layer.size} bytes {layer.digest}, "
-                    f"build.json says {art.media_type} {art.size} bytes sha256:{art.sha256}",
-                )
-            annotated = layer.annotations.get(mt.ANNOTATION_FSVERITY)
-            if annotated and annotated.removeprefix("sha256:") != (art.fsverity or ""):
-                raise VerificationFailed(
-                    "manifest_invalid", f"{arch}/{name}: fs-verity annotation differs from build.json"
-                )
-            needs_verity = art.media_type in FSVERITY_MEDIA_TYPES or name in FSVERITY_NAMES
-            if needs_verity and not art.fsverity:
-                raise VerificationFailed(
-                    "manifest_invalid", f"{arch}/{name}: build.json records no fs-verity digest"
-                )
-            self._cache_blob(client, layer, art.fsverity if needs_verity else None)
-            files.append(
-                {
-                    "name": name,
-                    "media_type": art.media_type,
-                    "size": art.size,
-                    "sha256": art.sha256,
-                    "fsverity": art.fsverity,
-                    "digest": layer.digest,
-                }
-            )
-        absent = sorted(set(recorded) - seen)
-        if absent:
-            raise VerificationFailed(
-                "manifest_invalid", f"{arch}: build.json artifacts not in the manifest: {absent}"
-            )
-        spec = build.spec or {}
-        cmdline = (spec.get("arch_kernel_cmdline") or {}).get(arch) or spec.get("kernel_cmdline") or ""
-        return {
-            "manifest_digest": digest,
-            "config_sha256": config.digest.removeprefix("sha256:"),
-            "composefs_digest": arch_build.composefs_digest,
-            "kernel_version": arch_build.kernel_version,
-            "cmdline": str(cmdline),
-            "artifacts": files,
-        }
-
-    def _build_json(self, client: RegistryClient, config: Descriptor, arch: str) -> BuildManifest:
-        hexpart = config.digest.removeprefix("sha256:")
-        if not self.blobs.has(hexpart):
-            self._cache_blob(client, config, None)
-        data = self.blobs.path(hexpart).read_bytes()
-        try:
-            return BuildManifest.model_validate_json(data)
-        except ValueError as exc:
-            raise VerificationFailed("manifest_invalid", f"{arch} build.json is not valid: {exc}") from None
-
-    def _cache_blob(self, client: RegistryClient, desc: Descriptor, fsverity: str | None) -> None:
+    def _cache_blob(self, client: RegistryClient, desc: Descriptor, fsverity: str | None) -> Path:
         """Download ``desc`` into the blob cache (sha256 checked); recheck fs-verity when asked."""
         hexpart = desc.digest.removeprefix("sha256:")
         if not self.blobs.has(hexpart):
@@ -556,3 +368,4 @@ class DiskImagePublicationProcessor:
         elif fsverity:
             # A cache hit: the bytes are right by name; their fs-verity claim is checked every time.
             self.blobs.check_fsverity(hexpart, fsverity)
+        return self.blobs.path(hexpart)

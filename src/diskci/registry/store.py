@@ -1,9 +1,11 @@
-"""One interface over an OCI distribution registry (through oras-py) and an OCI image layout directory.
+"""What a registry store is and what its two back ends share (``layout.py`` and ``remote.py`` import it).
 
-Public API (the platform's publication processor uses it): ``open_registry(ref) -> RegistryClient``,
-``RegistryClient`` (``has_blob``, ``push_blob``, ``push_manifest``, ``resolve``, ``get_manifest``,
-``fetch_blob``, ``referrers``, ``add_referrer``, ``delete_manifest``, ``delete_tag``), ``Descriptor``
-and ``BlobSource``.
+``RegistryClient`` is the one interface over an OCI distribution registry (``RemoteRegistry``, through
+oras-py) and an OCI image layout directory (``LayoutRegistry``): ``has_blob``, ``push_blob``,
+``push_manifest``, ``resolve``, ``get_manifest``, ``fetch_blob``, ``read_blob``, ``referrers``,
+``add_referrer``, ``delete_manifest``, ``delete_tag``, ``tags``. Beside it: ``Descriptor``, ``BlobSource``
+(and ``BlobBody``, a source as a streamed request body), and the helpers both back ends use. Pick a back
+end with ``diskci.registry.open_registry(ref)``.
 
 Everything read is checked against its digest (manifests and blobs); every manifest is sent as the exact
 bytes whose digest we computed, so the registry's ``Docker-Content-Digest`` must agree. Referrers use the
@@ -25,6 +27,7 @@ from typing import Any, BinaryIO, Protocol
 
 from diskci import mediatypes as mt
 from diskci.atomic import atomic_path, write_bytes
+from diskci.canonical import canonical_json
 from diskci.errors import RegistryError, VerificationFailed
 from diskci.registry.reference import Reference
 
@@ -34,11 +37,6 @@ _CHUNK = 1 << 20
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(obj: Any) -> bytes:
-    """The one serialization diskci uses for the manifests it writes (stable digests)."""
-    return json.dumps(obj, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
 
 
 @dataclass(frozen=True)
@@ -116,8 +114,8 @@ class BlobSource:
                 yield chunk
 
 
-class _Body:
-    """A sized, iterable request body streamed from a BlobSource (requests sends Content-Length)."""
+class BlobBody:
+    """A BlobSource as a sized, iterable request body: requests streams it and sends Content-Length."""
 
     def __init__(self, source: BlobSource, size: int) -> None:
         self._source = source
@@ -147,22 +145,6 @@ class RegistryClient(Protocol):
     def delete_manifest(self, digest: str) -> None: ...
     def delete_tag(self, tag: str) -> None: ...
     def tags(self) -> list[str]: ...
-
-
-def open_registry(ref: Reference | str, *, insecure: bool | None = None) -> RegistryClient:
-    """A client for ``ref``'s registry repository or layout directory.
-
-    ``insecure`` (plain HTTP) defaults to True only for loopback hosts (127.0.0.1, localhost).
-    """
-    if isinstance(ref, str):
-        ref = Reference.parse(ref)
-    if ref.is_layout:
-        from diskci.registry.layout import LayoutRegistry
-
-        return LayoutRegistry(ref)
-    from diskci.registry.remote import RemoteRegistry
-
-    return RemoteRegistry(ref, insecure=ref.is_loopback if insecure is None else insecure)
 
 
 # --- shared helpers ------------------------------------------------------------------------------
