@@ -50,7 +50,7 @@ checks that this drawing and the classes agree:
         │   ├── PlatformExists       (platform.actions.platforms)
         │   ├── PublicationNotPublishable  (platform.actions.publications)
         │   ├── ReplayedDelivery     (platform.http.webhooks)
-        │   ├── RetentionLocked      (platform.services.retention) another worker is pruning
+        │   ├── RetentionLocked      (platform.services.retention) another sweep is pruning
         │   └── TokenExists          (platform.actions.tokens)
         ├── Unauthorized             401
         │   ├── BadSignature         (platform.http.webhooks)

@@ -1,5 +1,5 @@
 """No module imports one that imports it back, and no room (a top-level package or module of ``diskci``)
-imports a room that imports it back.
+imports a room that imports it back; and the rooms keep the house rules of DESIGN.md.
 
 Imports are read from the source (every ``import`` and ``from … import``, in functions too), except those
 under ``if TYPE_CHECKING:``, which never run. Cycles are found as strongly connected components.
@@ -129,3 +129,26 @@ def test_no_room_cycle() -> None:
 def test_checker_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+# The house rules of DESIGN.md: the pipeline and the format writers know nothing of the platform, the
+# registry or the supply chain; the platform reaches builds only through a CI backend; no library room
+# imports the CLI.
+FORBIDDEN = {
+    "formats": {"image", "platform", "registry", "supplychain", "publish", "cli"},
+    "image": {"platform", "registry", "supplychain", "publish", "cli"},
+    "platform": {"image", "cli"},
+    "registry": {"image", "platform", "supplychain", "publish", "cli"},
+    "supplychain": {"image", "platform", "publish", "cli"},
+    "publish": {"image", "platform", "cli"},
+}
+
+
+def test_room_rules() -> None:
+    broken = sorted(
+        f"{module} imports {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if room(target) in FORBIDDEN.get(room(module), set())
+    )
+    assert not broken, "imports across a house rule: " + "; ".join(broken)

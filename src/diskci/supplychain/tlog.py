@@ -1,7 +1,7 @@
 """The embedded transparency log: an append-only RFC 6962 Merkle tree persisted in one file.
 
 Each entry is one line ``{"index", "integratedTime", "body"}`` appended with ``O_APPEND`` and fsync
-under an exclusive ``flock``, so several processes (``authority serve`` workers, a CLI) may append to
+under an exclusive ``flock``, so several processes (``authority serve`` processes, a CLI) may append to
 the same log. A crash mid-write leaves at most one partial last line; opening the log drops it (it was
 never acknowledged), so the log only ever grows by whole, acknowledged entries.
 

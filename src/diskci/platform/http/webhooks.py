@@ -251,6 +251,6 @@ def _accept(request: Request, body: bytes) -> Accepted:
         raise QueueUnavailable(f"the task queue is unavailable ({exc}); retry the delivery later") from exc
     try:
         _note_queued(database, delivery_id, task_id, platform_id, payload, with_task_row=True)
-    except IntegrityError:  # the worker recorded the task first
+    except IntegrityError:  # the queue consumer recorded the task first
         _note_queued(database, delivery_id, task_id, platform_id, payload, with_task_row=False)
     return Accepted(delivery_id=delivery_id, task_id=task_id)

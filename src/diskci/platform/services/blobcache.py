@@ -2,7 +2,7 @@
 
 Layout: ``<root>/sha256/<first two hex>/<remaining 62 hex>``. A blob enters the cache only whole and
 only after its sha256 (and, when asked, its fs-verity digest) matched: it is streamed into a
-temporary file under ``<root>/tmp``, fsynced and renamed into place, so a worker killed mid-download
+temporary file under ``<root>/tmp``, fsynced and renamed into place, so a process killed mid-download
 leaves at most a temporary file that ``collect_garbage`` removes later. Entries are never counted:
 garbage collection keeps exactly the digests the database still references.
 """

@@ -18,7 +18,7 @@ A registry that cannot be reached is ``registry_unreachable`` once the queue's r
 Idempotence: publications are unique per (platform, index digest). The row is claimed first (inserted
 as ``processing``, or taken over from ``processing``/``failed``); the final write is a compare-and-set
 from that state, so the same manifest delivered twice, processed concurrently, or retried after a
-worker died mid-way gives exactly one publication and one ``disk_image_published`` event. The blob
+queue consumer died mid-way gives exactly one publication and one ``disk_image_published`` event. The blob
 cache only ever holds whole, verified blobs, so a retry reuses what was already downloaded.
 """
 
@@ -202,7 +202,7 @@ class DiskImagePublicationProcessor:
                     if pub.status in (PublicationStatus.PUBLISHED.value, PublicationStatus.PRUNED.value):
                         self._link_delivery(s, info, pub.id)
                         return Outcome(pub.id, pub.status, pub.failure_reason, duplicate=True)
-                    # processing (a worker died, or is still at it) or failed (retry): take it over.
+                    # processing (a queue consumer died, or is still at it) or failed (retry): take it over.
                     pub.status = PublicationStatus.PROCESSING.value
                     pub.delivery_id = info.delivery_id
                     pub.critical = pub.critical or info.critical
@@ -225,7 +225,7 @@ class DiskImagePublicationProcessor:
                     self._link_delivery(s, info, pub.id)
                     return pub.id
             except IntegrityError:
-                continue  # another worker inserted it first: read it again
+                continue  # another queue consumer inserted it first: read it again
         raise PlatformError(f"delivery {info.delivery_id}: could not claim the publication row")
 
     @staticmethod
@@ -238,7 +238,7 @@ class DiskImagePublicationProcessor:
 
     def _publish(self, pub_id: int, info: DeliveryInfo, v: Verification) -> Outcome:
         # 4. One transaction: the row becomes published and the event is added. Compare-and-set: from
-        # processing, or from failed (a concurrent worker's failure loses to a complete verification).
+        # processing, or from failed (a concurrent consumer's failure loses to a complete verification).
         now = datetime.now(UTC)
         with self.database.session() as s:
             changed = rowcount(

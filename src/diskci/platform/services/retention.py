@@ -8,7 +8,7 @@ Rules, checked per NodePlatform (Harbor/ECR-style, with MAAS's "never the last i
      older than ``retention_critical_days``.
 
 ``preview()`` runs exactly the same selection and returns what ``sweep()`` would prune, deleting
-nothing. ``sweep()`` holds a database lock so two workers never prune at once (a session advisory lock
+nothing. ``sweep()`` holds a database lock so two queue consumers never prune at once (a session advisory lock
 on PostgreSQL, a lock row in ``tasks`` on SQLite), then for each publication deletes its referrers
 (signature bundles), its index and its per-arch manifests from the registry, and only then marks the
 row ``pruned`` (kept for audit) with a ``disk_image_publication_pruned`` event. A registry failure
@@ -54,7 +54,7 @@ STALE_LOCK_AFTER = timedelta(hours=6)
 
 
 class RetentionLocked(Conflict):
-    """Another worker is pruning right now."""
+    """Another queue consumer is pruning right now."""
 
 
 class PublicationDeleter(Protocol):
@@ -329,7 +329,7 @@ class DiskImageRetentionService:
     @contextlib.contextmanager
     def _pg_lock(self) -> Iterator[None]:
         # A session-level advisory lock on a dedicated connection: released when we unlock, or by the
-        # server when the connection (a killed worker) goes away.
+        # server when the connection (a killed consumer) goes away.
         with self.database.engine.connect() as conn:
             got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _PG_LOCK_KEY}).scalar()
             conn.commit()
