@@ -19,7 +19,9 @@ checks that this drawing and the classes agree:
     │   └── ResourceError            not enough disk, a missing package, no emulation
     │       └── BootLoaderMissing    (image.artifacts.esp) no UEFI boot loader in the root filesystem
     ├── FormatError                  bad input to a format writer/reader (tar, EROFS, composefs, cpio)
+    │   ├── DumpFormatError          (formats.composefs_dump) a composefs dump mkcomposefs would refuse
     │   ├── ErofsError               (formats.erofs) the tree cannot be written as EROFS
+    │   ├── ImageFormatError         (formats.composefs_reader) a corrupt or hostile composefs image
     │   ├── IngestError              (formats.ingest) a file could not be read as its size says
     │   └── TreeFormatError          (formats.fstree) a tarball or directory cannot be represented
     ├── SupplyChainError             signing authority and bundle problems

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_composefs_dump import trees
 
-from diskci.formats import composefs, fstree
+from diskci.formats import composefs, composefs_dump, composefs_reader, fstree
 from host_tools import needs_tool, require_root
 
 MKCOMPOSEFS = shutil.which("mkcomposefs")
@@ -143,3 +144,47 @@ def test_random_trees_identical_to_mkcomposefs(tmp_path: Path, entries: list, ep
     with open(base / "ours.cfs", "wb") as f:
         composefs.write(fstree.from_directory(src, hardlinks=False), f, use_epoch=epoch)
     assert (base / "ours.cfs").read_bytes() == (base / "ref.cfs").read_bytes()
+
+
+COMPOSEFS_INFO = shutil.which("composefs-info")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=trees(), max_version=st.sampled_from([0, 1]))
+def test_dumps_build_what_mkcomposefs_builds_and_read_as_composefs_info(
+    tmp_path: Path, tree: fstree.Node, max_version: int
+) -> None:
+    base = tmp_path / f"case-{os.urandom(4).hex()}"
+    base.mkdir()
+    described, _, _ = composefs.describe(tree)
+    (base / "x.dump").write_bytes(composefs_dump.dumps(described))
+    assert MKCOMPOSEFS is not None
+    subprocess.run(
+        [
+            MKCOMPOSEFS,
+            "--from-file",
+            "--max-version",
+            str(max_version),
+            str(base / "x.dump"),
+            str(base / "ref.cfs"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    ref = (base / "ref.cfs").read_bytes()
+    with open(base / "ours.cfs", "wb") as f:
+        composefs.write_described(composefs_dump.read(str(base / "x.dump")), f, max_version=max_version)
+    assert (base / "ours.cfs").read_bytes() == ref
+    if COMPOSEFS_INFO is None:
+        return
+    info = subprocess.run(
+        [COMPOSEFS_INFO, "dump", str(base / "ref.cfs")], check=True, capture_output=True
+    ).stdout
+    ours = composefs_dump.dumps(composefs_reader.read(ref))
+    if all(n == 1 for n in fstree.link_counts(tree).values()):
+        assert ours == info  # with hardlinks, composefs-info may name another of a file's names first
+    with open(base / "again.cfs", "wb") as f:
+        composefs.write_described(composefs_dump.parse(info), f, max_version=max_version)
+    assert (base / "again.cfs").read_bytes() == ref or not all(
+        n == 1 for n in fstree.link_counts(tree).values()
+    )

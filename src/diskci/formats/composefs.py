@@ -20,9 +20,9 @@ import os
 import stat
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from diskci.atomic import atomic_path
 from diskci.errors import UsageError
@@ -85,56 +85,101 @@ def _escape(xattrs: dict[bytes, bytes]) -> dict[bytes, bytes]:
     return {(ESCAPED + k[len(OVERLAY) :] if k.startswith(OVERLAY) else k): v for k, v in xattrs.items()}
 
 
-def prepare_tree(
+@dataclass(eq=False)
+class BackedNode(Node):
+    """A regular file of a composefs image told by its backing file rather than its bytes: ``payload``, the
+    path the redirect xattr names (relative to the object store), and ``digest``, the fs-verity digest the
+    metacopy xattr carries; either may be missing (a dump may leave them out)."""
+
+    payload: bytes | None = None
+    digest: bytes | None = None
+
+
+@dataclass
+class Described:
+    """What a composefs image holds, as the dump format tells it: ``root`` is the tree before the overlay
+    rewrite (files larger than the inline limit are :class:`BackedNode`, whiteouts char devices 0/0,
+    xattrs unescaped, no ``00``..``ff``); ``primary`` says where a node with several names is stored
+    (``id(node)`` → (``id`` of its directory node, name)); a node missing there is stored at its first
+    breadth-first name."""
+
+    root: Node
+    primary: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+
+
+def describe(
     root: Node,
     *,
     digest_store: Path | None = None,
     use_epoch: bool = False,
-    min_version: int = DEFAULT_MIN_VERSION,
-    max_version: int = DEFAULT_MAX_VERSION,
     ingest: Ingest | None = None,
-) -> tuple[Node, int, int, int]:
-    """The tree mkcomposefs would write for ``root`` (a new tree; ``root`` is left as it was), its format
-    version, and the number and bytes of external objects (copied into ``digest_store`` when given, or
-    into the store of ``ingest``, which may have read the files already)."""
+) -> tuple[Described, int, int]:
+    """``root`` as a composefs image describes it (a new tree; ``root`` is left as it was), and the number
+    and bytes of external objects (copied into ``digest_store`` when given, or into the store of
+    ``ingest``, which may have read the files already)."""
     unique: dict[int, Node] = {}
-    parents: dict[int, Node] = {}
     for _, node in fstree.walk(root):
         unique.setdefault(id(node), node)
-        if node.children:
-            for child in node.children.values():
-                parents.setdefault(id(child), node)
     nodes = list(unique.values())
-    version = _format_version(nodes, min_version, max_version)
-
     files = [n for n in nodes if n.is_reg and n.size > 0]
     if ingest is None:
         with Ingest(digest_store) as own:
             content = own.results(files)
     else:
         content = ingest.results(files)
-
     new: dict[int, Node] = {}
     for node in nodes:
-        copy = replace(node, xattrs=_escape(node.xattrs), data=None, source=None)
-        if use_epoch:
-            copy.mtime = copy.mtime_nsec = 0
+        copy = replace(node, data=None, source=None)
         if node.is_reg and node.size > 0:
             blob, external = content[id(node)]
             if external:
-                assert blob is not None
-                copy.xattrs[OVERLAY + b"metacopy"] = (
-                    bytes((0, 4 + len(blob), 0, FS_VERITY_HASH_ALG_SHA256)) + blob
-                )
-                copy.xattrs[OVERLAY + b"redirect"] = b"/" + object_path(blob).encode()
+                copy = BackedNode(**_fields(copy), payload=object_path(blob).encode(), digest=blob)
             else:
                 copy.data = blob
+        if use_epoch:
+            copy.mtime = copy.mtime_nsec = 0
         new[id(node)] = copy
     for node in nodes:
-        copy = new[id(node)]
         if node.children is not None:
-            copy.children = {name: new[id(child)] for name, child in node.children.items()}
-    for node in nodes:
+            new[id(node)].children = {name: new[id(child)] for name, child in node.children.items()}
+    n_objects = len({d for d, size in content.values() if size})
+    return Described(new[id(root)]), n_objects, sum(size for _, size in content.values())
+
+
+def _fields(node: Node) -> dict[str, Any]:
+    return {f.name: getattr(node, f.name) for f in fields(Node)}
+
+
+def image_tree(described: Described, version: int) -> tuple[Node, dict[int, tuple[int, bytes]]]:
+    """The tree mkcomposefs writes for ``described`` at format ``version`` (a new tree): overlay xattrs
+    escaped, metacopy and redirect xattrs, whiteouts as marked empty files, the opaque root and its
+    ``00``..``ff`` whiteouts; and ``described.primary`` for the new nodes."""
+    root = described.root
+    unique: dict[int, Node] = {}
+    parents: dict[int, Node] = {}
+    for _, node in fstree.walk(root):
+        unique.setdefault(id(node), node)
+        if node.children:
+            for name, child in node.children.items():
+                place = described.primary.get(id(child))
+                if place is None or place == (id(node), name):
+                    parents.setdefault(id(child), node)
+    new: dict[int, Node] = {}
+    for node in unique.values():
+        copy = Node(**_fields(node) | {"xattrs": _escape(node.xattrs)})
+        if node.is_reg and node.size > 0 and node.data is None:
+            digest = node.digest if isinstance(node, BackedNode) else None
+            copy.xattrs[OVERLAY + b"metacopy"] = (
+                b"" if digest is None else bytes((0, 4 + len(digest), 0, FS_VERITY_HASH_ALG_SHA256)) + digest
+            )
+            payload = node.payload if isinstance(node, BackedNode) else None
+            if payload:
+                copy.xattrs[OVERLAY + b"redirect"] = b"/" + payload
+        new[id(node)] = copy
+    for node in unique.values():
+        if node.children is not None:
+            new[id(node)].children = {name: new[id(child)] for name, child in node.children.items()}
+    for node in unique.values():
         if node is root or not _is_whiteout(node):
             continue
         copy = new[id(node)]
@@ -164,8 +209,55 @@ def prepare_tree(
                 mtime_nsec=top.mtime_nsec,
                 xattrs={} if selinux is None else {b"security.selinux": selinux},
             )
-    n_objects = len({d for d, size in content.values() if size})
-    return top, version, n_objects, sum(size for _, size in content.values())
+    primary = {id(new[key]): (id(new[d]), name) for key, (d, name) in described.primary.items() if d in new}
+    return top, primary
+
+
+def prepare_tree(
+    root: Node,
+    *,
+    digest_store: Path | None = None,
+    use_epoch: bool = False,
+    min_version: int = DEFAULT_MIN_VERSION,
+    max_version: int = DEFAULT_MAX_VERSION,
+    ingest: Ingest | None = None,
+) -> tuple[Node, int, int, int]:
+    """The tree mkcomposefs would write for ``root`` (a new tree; ``root`` is left as it was), its format
+    version, and the number and bytes of external objects (copied into ``digest_store`` when given, or
+    into the store of ``ingest``, which may have read the files already)."""
+    version = _format_version([n for _, n in fstree.walk(root)], min_version, max_version)
+    described, n_objects, object_bytes = describe(
+        root, digest_store=digest_store, use_epoch=use_epoch, ingest=ingest
+    )
+    top, _ = image_tree(described, version)
+    return top, version, n_objects, object_bytes
+
+
+def write_described(
+    described: Described,
+    out: BinaryIO,
+    *,
+    min_version: int = DEFAULT_MIN_VERSION,
+    max_version: int = DEFAULT_MAX_VERSION,
+) -> Result:
+    """Write the composefs image of an already described tree (a dump's, an image's): no file is read."""
+    version = _format_version([n for _, n in fstree.walk(described.root)], min_version, max_version)
+    tree, primary = image_tree(described, version)
+    info = erofs.write_image(tree, out, header=header(version, tree), metadata_only=True, primary=primary)
+    return Result(info.digest.hex(), info.size, info.inodes, version, 0, 0)
+
+
+def build_described(
+    described: Described,
+    image: Path,
+    *,
+    min_version: int = DEFAULT_MIN_VERSION,
+    max_version: int = DEFAULT_MAX_VERSION,
+) -> Result:
+    """:func:`write_described` to ``image``, written atomically."""
+    _format_version([], min_version, max_version)
+    with atomic_path(image) as tmp, open(tmp, "wb") as f:
+        return write_described(described, f, min_version=min_version, max_version=max_version)
 
 
 def header(version: int, tree: Node) -> bytes:

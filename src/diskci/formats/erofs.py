@@ -25,7 +25,7 @@ import os
 import stat
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -221,11 +221,19 @@ def _dirent_bytes(entries: list[tuple[bytes, _Inode]]) -> bytes:
 
 
 class _Layout:
-    def __init__(self, root: Node, *, metadata_only: bool, chunk_bits: int | None) -> None:
+    def __init__(
+        self,
+        root: Node,
+        *,
+        metadata_only: bool,
+        chunk_bits: int | None,
+        primary: Mapping[int, tuple[int, bytes]] | None = None,
+    ) -> None:
         if not root.is_dir:
             raise ErofsError("the root of an EROFS image must be a directory")
         self.metadata_only = metadata_only
         self.chunk_bits = chunk_bits
+        self.primary = primary or {}
         self.inodes: list[_Inode] = []
         self._order(root)
         self._shared_xattrs()
@@ -248,19 +256,24 @@ class _Layout:
             for name in sorted(children):
                 child = children[name]
                 seen = by_id.get(id(child))
+                here = self.primary.get(id(child), (id(ino.node), name)) == (id(ino.node), name)
                 if seen is not None:
                     if child.is_dir:
                         raise ErofsError(f"directory {name!r} appears twice (directory hardlink)")
                     seen.nlink += 1
                     entries.append((name, seen))
+                    if seen.ino < 0 and here:  # a hardlink stored at a later name
+                        seen.ino = len(self.inodes)
+                        self.inodes.append(seen)
                     continue
                 if child.children is not None and not child.is_dir:
                     raise ErofsError(f"{name!r}: only directories can have children")
                 if child.kind not in _FILE_TYPES:
                     raise ErofsError(f"{name!r}: unsupported file type {oct(child.kind)}")
-                new = _Inode(child, len(self.inodes))
+                new = _Inode(child, len(self.inodes) if here else -1)
                 by_id[id(child)] = new
-                self.inodes.append(new)
+                if here:
+                    self.inodes.append(new)
                 entries.append((name, new))
                 if child.is_dir:
                     subdirs += 1
@@ -268,6 +281,11 @@ class _Layout:
             entries.sort(key=lambda e: e[0])
             ino.entries = entries
             ino.nlink = 2 + subdirs
+        if any(i.ino < 0 for i in by_id.values()):
+            raise ErofsError("a hardlink is placed at a name the tree does not have")
+        for ino in self.inodes:
+            if ino.node.nlink is not None and not ino.node.is_dir:
+                ino.nlink = ino.node.nlink
         oldest = min((i.node.mtime, i.node.mtime_nsec) for i in self.inodes)
         self.build_time = oldest
         for ino in self.inodes:
@@ -349,8 +367,9 @@ class _Layout:
         extra = _round_up(room, SLOT_SIZE)
         if ino.tail <= BLOCK_SIZE - (pos + head + extra) % BLOCK_SIZE:
             return extra
-        if ino.layout == LAYOUT_CHUNK_BASED:
+        if ino.real_chunks:
             raise ErofsError("chunk index does not fit beside its inode")
+        # (a hole's chunk index that does not fit goes to a block of its own, all EROFS_NULL_ADDR)
         ino.n_blocks, ino.tail = ino.n_blocks + 1, 0
         return _round_up(pos, BLOCK_SIZE) - pos
 
@@ -431,8 +450,8 @@ def _inode_bytes(lay: _Layout, ino: _Inode, data_end: list[int]) -> bytes:
         i_u = ino.blkaddr
     if kind in (stat.S_IFCHR, stat.S_IFBLK):
         i_u = _new_encode_dev(node.rdev)
-    elif ino.layout == LAYOUT_CHUNK_BASED:
-        i_u = ino.chunk_bits - BLOCK_BITS
+    elif ino.layout == LAYOUT_CHUNK_BASED:  # over the low half of a block address (libcomposefs)
+        i_u = (i_u & 0xFFFF0000) | (ino.chunk_bits - BLOCK_BITS)
     fmt = ino.layout << 1 | (0 if ino.compact else 1)
     icount = (ino.xattr_size - XATTR_HEADER_SIZE) // 4 + 1 if ino.xattr_size else 0
     mode = node.mode & 0xFFFF
@@ -502,6 +521,9 @@ def _data_blocks(ino: _Inode) -> Iterator[bytes]:
         target = node.target or b""
         yield target + bytes(BLOCK_SIZE - len(target))
         return
+    if ino.layout == LAYOUT_CHUNK_BASED and not ino.real_chunks:
+        yield struct.pack("<I", NULL_ADDR) * (BLOCK_SIZE // 4)
+        return
     want = ino.n_blocks * BLOCK_SIZE if ino.real_chunks else node.size - ino.tail
     got = 0
     for chunk in node.chunks():
@@ -523,16 +545,19 @@ def write_image(
     header: bytes = b"",
     metadata_only: bool = False,
     chunk_bits: int | None = None,
+    primary: Mapping[int, tuple[int, bytes]] | None = None,
 ) -> ImageInfo:
     """Write the EROFS image of ``root`` to ``out``; return its size, inode count and fs-verity digest.
 
     ``header``: up to 1024 bytes placed at offset 0 (composefs puts its header there).
     ``metadata_only``: regular files without in-memory ``data`` become holes of the right size.
     ``chunk_bits``: store files larger than a block chunk-based (chunks of ``2**chunk_bits`` bytes).
+    ``primary``: where a node with several names is stored, ``id(node)`` → (``id`` of a directory node, name)
+    (default: its first name in breadth-first order). A node's ``nlink``, when set, is the link count stored.
     """
     if len(header) > SUPER_OFFSET:
         raise ErofsError("header larger than 1024 bytes")
-    lay = _Layout(root, metadata_only=metadata_only, chunk_bits=chunk_bits)
+    lay = _Layout(root, metadata_only=metadata_only, chunk_bits=chunk_bits, primary=primary)
     sink = _Sink(out)
     incompat = FEATURE_INCOMPAT_CHUNKED_FILE if any(i.real_chunks for i in lay.inodes) else 0
     sb = _SUPER.pack(

@@ -86,6 +86,7 @@ class Node:
     data: bytes | None = None  # contents held in memory
     source: DataRef | None = None  # contents held elsewhere
     children: dict[bytes, Node] | None = None  # directories only
+    nlink: int | None = None  # a recorded link count (a dump's or an image's); None: count the names
 
     @property
     def kind(self) -> int:
