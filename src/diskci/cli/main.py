@@ -26,6 +26,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "diskci.cli.platform": ("platform",),
     "diskci.cli.publish": ("sign", "verify", "push", "pull", "notify", "publish"),
     "diskci.cli.authority": ("authority",),
+    "diskci.cli.ci": ("ci",),
     "diskci.cli.demo": ("demo",),
 }
 

@@ -10,10 +10,10 @@ import typer
 
 from diskci.cli.output import print_json, stdout
 from diskci.console import step
-from diskci.errors import VerificationFailed
+from diskci.errors import UsageError, VerificationFailed
 
 if TYPE_CHECKING:
-    from diskci.publish import CIEnvironment
+    from diskci.publish import CIEnvironment, PublishResult
     from diskci.supplychain.bundle import Source
 
 
@@ -133,15 +133,24 @@ def verify(
 def push(
     build_dir: Path = typer.Argument(..., help="Build directory (with build.json, signed or not)."),
     to: str = typer.Option(..., "--to", help="host[:port]/repo[:tag] or oci-layout:PATH[:tag]."),
+    arch: str | None = typer.Option(
+        None,
+        "--arch",
+        help="Push only this architecture's part, tagged <tag>-<arch>, unsigned (a CI build job's "
+        "step; diskci publish --from-registry joins the parts).",
+    ),
     json_out: bool = _JSON,
 ) -> None:
     """Push a build as an OCI index (one artifact manifest per arch) plus its signatures as referrers.
 
     Example: [bold]diskci push build-out --to 127.0.0.1:5000/ops/disk-images/debian-12[/]
+
+    One architecture of it, from the CI job that built it:
+    [bold]diskci push build-out --arch arm64 --to 127.0.0.1:5000/ops/disk-images/debian-12[/]
     """
     from diskci.publish import push_build
 
-    result = push_build(build_dir, to=to)
+    result = push_build(build_dir, to=to, arch=arch)
     if json_out:
         print_json(_jsonable(result))
     else:
@@ -172,7 +181,9 @@ def pull(
 
 def notify(
     url: str = typer.Option(..., "--url", help="Webhook URL (…/api/v1/system/webhooks/disk_image_built)."),
-    secret_file: Path = typer.Option(..., "--secret-file", help="File holding the webhook's HMAC secret."),
+    secret_file: Path | None = typer.Option(
+        None, "--secret-file", help="File holding the webhook's HMAC secret (else $DISKCI_WEBHOOK_SECRET)."
+    ),
     ref: str = typer.Option(..., "--ref", help="The pushed publication (host/repo:tag)."),
     source_repo: str | None = _REPO,
     source_ref: str = _REF,
@@ -192,6 +203,7 @@ def notify(
         url,
         ref=ref,
         secret_file=secret_file,
+        secret=ci.webhook_secret,
         source=_source(ci, source_repo, source_ref, source_commit),
         run_id=run_id,
         critical=critical,
@@ -205,8 +217,31 @@ def notify(
 
 
 def publish(
-    build_dir: Path = typer.Argument(..., help="Build directory (with build.json)."),
-    to: str = typer.Option(..., "--to", help="host[:port]/repo[:tag] or oci-layout:PATH[:tag]."),
+    build_dir: Path | None = typer.Argument(
+        None, help="Build directory (with build.json); not with --from-registry."
+    ),
+    to: str | None = typer.Option(
+        None, "--to", help="host[:port]/repo[:tag] or oci-layout:PATH[:tag] (with BUILD_DIR)."
+    ),
+    from_registry: str | None = typer.Option(
+        None,
+        "--from-registry",
+        help="host/repo[:VERSION] holding the parts <VERSION>-<arch> that `diskci push --arch` sent: "
+        "join them into the index there, then sign, push and notify.",
+    ),
+    arch: list[str] | None = typer.Option(
+        None, "--arch", help="With --from-registry: the parts to join (repeatable or comma-separated)."
+    ),
+    spec: Path | None = typer.Option(
+        None,
+        "--spec",
+        help="With --from-registry: platform spec giving the default VERSION and architectures.",
+    ),
+    work_dir: Path | None = typer.Option(
+        None,
+        "--work-dir",
+        help="With --from-registry: where the joined build.json and signatures go (default: temporary).",
+    ),
     identity: str = _IDENTITY,
     authority: str = _AUTHORITY,
     credential_file: Path | None = _CREDENTIAL,
@@ -214,7 +249,9 @@ def publish(
     notify_url: str | None = typer.Option(
         None, "--notify-url", help="Webhook URL; no notification if unset."
     ),
-    secret_file: Path | None = typer.Option(None, "--secret-file", help="Webhook HMAC secret file."),
+    secret_file: Path | None = typer.Option(
+        None, "--secret-file", help="Webhook HMAC secret file (else $DISKCI_WEBHOOK_SECRET)."
+    ),
     source_repo: str | None = _REPO,
     source_ref: str = _REF,
     source_commit: str = _COMMIT,
@@ -225,30 +262,71 @@ def publish(
     """Sign, push and notify in one step (what a CI workflow's last step runs).
 
     Example: [bold]diskci publish build-out --to oci-layout:./oci --identity $ID --authority ./auth[/]
+
+    After one CI job per architecture ran [bold]diskci push build-out --arch A --to REPO[/]:
+    [bold]diskci publish --from-registry 127.0.0.1:5000/ops/disk-images/debian-12 --spec
+    platforms/debian-12-amd64.yaml --identity $ID --authority $AUTHORITY_URL[/]
     """
-    from diskci.publish import PublishRequest, ci_environment
-    from diskci.publish import publish as run_publish
+    from diskci.publish import ci_environment
 
     ci = ci_environment()
-    request = PublishRequest(
-        build_dir=build_dir,
-        to=to,
-        identity=identity,
-        authority=authority,
-        issuer=issuer,
-        credential=ci.authority_token,
-        credential_file=credential_file,
-        source=_source(ci, source_repo, source_ref, source_commit),
-        run_id=run_id,
-        notify_url=notify_url,
-        secret_file=secret_file,
-        critical=critical,
-    )
-    result = run_publish(request)
+    common: dict[str, Any] = {
+        "identity": identity,
+        "authority": authority,
+        "issuer": issuer,
+        "credential": ci.authority_token,
+        "credential_file": credential_file,
+        "source": _source(ci, source_repo, source_ref, source_commit),
+        "run_id": run_id,
+        "notify_url": notify_url or None,
+        "secret_file": secret_file,
+        "secret": ci.webhook_secret,
+        "critical": critical,
+    }
+    if from_registry is not None:
+        if build_dir is not None or to is not None:
+            raise UsageError("--from-registry publishes where the parts are: give no BUILD_DIR or --to")
+        result = _publish_assembled(from_registry, _split(arch), spec, work_dir, common)
+    else:
+        if build_dir is None or to is None:
+            raise UsageError("name a BUILD_DIR and --to (or --from-registry REF)")
+        if arch or spec or work_dir:
+            raise UsageError("--arch, --spec and --work-dir go with --from-registry")
+        from diskci.publish import PublishRequest
+        from diskci.publish import publish as run_publish
+
+        result = run_publish(PublishRequest(build_dir=build_dir, to=to, **common))
     if json_out:
         print_json(_jsonable(result))  # {"signed": ..., "pushed": ..., "notified": ... or null}
     else:
         stdout.print(f"published {result.pushed.reference} ({result.pushed.digest})")
+
+
+def _split(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or [] for v in item.replace(" ", ",").split(",") if v.strip()]
+
+
+def _publish_assembled(
+    ref: str, arches: list[str], spec_file: Path | None, work_dir: Path | None, common: dict[str, Any]
+) -> PublishResult:
+    import tempfile
+
+    from diskci.publish import AssembleRequest, publish_from_registry
+    from diskci.registry.reference import Reference
+
+    reference = Reference.parse(ref)
+    if spec_file is not None:
+        from diskci.spec import load_spec
+
+        spec = load_spec(spec_file)
+        if not reference.tag and not reference.digest:
+            reference = reference.with_tag(spec.version)
+        arches = arches or [a.value for a in spec.architectures]
+    with tempfile.TemporaryDirectory(prefix="diskci-assemble-") as tmp:
+        request = AssembleRequest(
+            ref=str(reference), arches=tuple(arches), work_dir=work_dir or Path(tmp), **common
+        )
+        return publish_from_registry(request)
 
 
 def register(app: typer.Typer) -> None:

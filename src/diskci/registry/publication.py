@@ -2,7 +2,9 @@
 
 Public API: ``plan_publication(build_dir) -> Publication``. Signing, pushing, pulling and verifying
 all use it, so the index digest that ``diskci sign`` signs is the digest ``diskci push`` publishes and
-the digest ``diskci verify`` recomputes from a pulled directory.
+the digest ``diskci verify`` recomputes from a pulled directory. ``shape_publication`` draws the shape
+from a build.json alone (``diskci.registry.assemble`` uses it for parts already in a registry);
+``arch_tag(tag, arch)`` names the tag of one architecture's part.
 
 Shape (all JSON serialized with ``canonical_json``):
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +30,7 @@ from typing import Any
 from diskci import mediatypes as mt
 from diskci.canonical import canonical_json
 from diskci.errors import BuildError, VerificationFailed
-from diskci.manifest import FILENAME, BuildManifest
+from diskci.manifest import FILENAME, Artifact, BuildManifest
 from diskci.registry.store import BlobSource, Descriptor, sha256_digest
 
 ANNOTATION_PATH = mt.ANNOTATION_PATH
@@ -89,11 +92,69 @@ def _oci_families(build_dir: Path, arch: str) -> list[_OciFamily]:
     return [_OciFamily(layout_dir)] if (layout_dir / "index.json").is_file() else []
 
 
-def plan_publication(build_dir: Path) -> Publication:
-    """The publication of ``build_dir``; checks every listed file exists with its recorded size."""
+AddBlob = Callable[[Descriptor, BlobSource], None]
+
+
+def arch_tag(tag: str, arch: str) -> str:
+    """The tag one architecture's part of publication ``tag`` is pushed under before assembly."""
+    return f"{tag}-{arch}"
+
+
+def restrict_build(build: BuildManifest, arches: Sequence[str], where: str) -> BuildManifest:
+    """``build`` with only ``arches`` (each must be one of its architectures)."""
+    missing = [a for a in arches if a not in build.architectures]
+    if missing:
+        raise BuildError(
+            f"{where}: has no {', '.join(missing)} build (it has {', '.join(sorted(build.architectures))})"
+        )
+    keep = {a: build.architectures[a] for a in sorted(set(arches))}
+    return build.model_copy(update={"architectures": keep})
+
+
+def plan_publication(build_dir: Path, *, arches: Sequence[str] | None = None) -> Publication:
+    """The publication of ``build_dir``; checks every listed file exists with its recorded size.
+
+    ``arches``: only those architectures, with a build.json config that lists only them (what
+    ``diskci push --arch`` sends; ``plan_assembled`` joins such parts back into the whole).
+    """
     build_dir = Path(build_dir)
     build = BuildManifest.load(build_dir)
     config_bytes = (build_dir / FILENAME).read_bytes()
+    if arches is not None:
+        build = restrict_build(build, arches, str(build_dir / FILENAME))
+        config_bytes = build.dumps().encode()
+
+    def artifact_source(artifact: Artifact) -> BlobSource:
+        path = build_dir / artifact.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise BuildError(f"{path}: listed in build.json but missing") from None
+        if size != artifact.size:
+            raise VerificationFailed(
+                "digest_mismatch", f"{path}: {size} bytes on disk, build.json records {artifact.size}"
+            )
+        return BlobSource(path=path, size=artifact.size)
+
+    def images(arch: str, add_blob: AddBlob) -> list[tuple[Descriptor, bytes]]:
+        return [img for family in _oci_families(build_dir, arch) for img in _family_images(family, add_blob)]
+
+    return shape_publication(build, config_bytes, build_dir, artifact_source=artifact_source, images=images)
+
+
+def shape_publication(
+    build: BuildManifest,
+    config_bytes: bytes,
+    build_dir: Path,
+    *,
+    artifact_source: Callable[[Artifact], BlobSource | None],
+    images: Callable[[str, AddBlob], list[tuple[Descriptor, bytes]]],
+) -> Publication:
+    """The OCI shape of ``build`` (its build.json is ``config_bytes``): the one place it is drawn.
+
+    ``artifact_source(artifact)``: where an artifact's bytes are (None: already in the registry, not
+    to push); ``images(arch, add_blob)``: the runnable image manifests of ``arch`` (adding their blobs).
+    """
     config = Descriptor.for_bytes(mt.BUILD_JSON, config_bytes)
     pub = Publication(build=build, build_dir=build_dir)
     seen: set[str] = set()
@@ -119,21 +180,14 @@ def plan_publication(build_dir: Path) -> Publication:
         platform = {"os": "linux", "architecture": _OCI_ARCH.get(arch, arch)}
         layers = []
         for a in ab.artifacts:
-            path = build_dir / a.path
-            try:
-                size = path.stat().st_size
-            except FileNotFoundError:
-                raise BuildError(f"{path}: listed in build.json but missing") from None
-            if size != a.size:
-                raise VerificationFailed(
-                    "digest_mismatch", f"{path}: {size} bytes on disk, build.json records {a.size}"
-                )
+            source = artifact_source(a)
             annotations = {mt.ANNOTATION_TITLE: a.name, ANNOTATION_PATH: a.path, **a.annotations}
             if a.fsverity:
                 annotations[mt.ANNOTATION_FSVERITY] = a.fsverity
             desc = Descriptor(a.media_type, f"sha256:{a.sha256}", a.size, annotations=annotations)
             layers.append(desc.to_json())
-            add_blob(desc, BlobSource(path=path, size=a.size))
+            if source is not None:
+                add_blob(desc, source)
         manifest = {
             "schemaVersion": 2,
             "mediaType": mt.OCI_MANIFEST,
@@ -152,13 +206,10 @@ def plan_publication(build_dir: Path) -> Publication:
         )
         pub.manifests.append((desc, data))
         artifact_entries.append(desc)
-        for family in _oci_families(build_dir, arch):
-            for image_desc, image_bytes in _family_images(family, add_blob):
-                entry = Descriptor(
-                    image_desc.media_type, image_desc.digest, image_desc.size, platform=platform
-                )
-                pub.manifests.append((entry, image_bytes))
-                runnable.append(entry)
+        for image_desc, image_bytes in images(arch, add_blob):
+            entry = Descriptor(image_desc.media_type, image_desc.digest, image_desc.size, platform=platform)
+            pub.manifests.append((entry, image_bytes))
+            runnable.append(entry)
     index = {
         "schemaVersion": 2,
         "mediaType": mt.OCI_INDEX,
@@ -171,7 +222,7 @@ def plan_publication(build_dir: Path) -> Publication:
     return pub
 
 
-def _family_images(family: _OciFamily, add_blob: Any) -> list[tuple[Descriptor, bytes]]:
+def _family_images(family: _OciFamily, add_blob: AddBlob) -> list[tuple[Descriptor, bytes]]:
     try:
         layout_index = json.loads(family.read("index.json"))
     except ValueError as exc:

@@ -1,6 +1,8 @@
 """``diskci push``: publish a build directory to a registry or OCI layout.
 
-Public API: ``push_publication(build_dir, ref) -> PushResult``.
+Public API: ``push_publication(build_dir, ref, arch=None) -> PushResult`` (``arch``: one
+architecture's part, for a CI job); ``push_planned(pub, ref, bundles=...)`` pushes an already planned
+publication (``diskci.registry.assemble`` plans one from parts in the registry).
 
 Order: blobs (skipped when the registry has them: a re-run resumes), child manifests, the index
 (tagged with the version), then each sigstore bundle in ``signatures/`` as an OCI 1.1 referrer of the
@@ -26,6 +28,7 @@ from diskci.registry.publication import (
     ANNOTATION_BUNDLE_PREDICATE,
     PlannedBlob,
     Publication,
+    arch_tag,
     bundle_files,
     bundle_statement,
     plan_publication,
@@ -73,20 +76,48 @@ def push_publication(
     build_dir: Path,
     ref: Reference | str,
     *,
+    arch: str | None = None,
     client: RegistryClient | None = None,
     progress: Callable[[str], None] | None = None,
     parallel: int = 3,
 ) -> PushResult:
-    """Push ``build_dir`` to ``ref`` (its tag defaults to the build's version), ``parallel`` blobs at once."""
+    """Push ``build_dir`` to ``ref`` (its tag defaults to the build's version), ``parallel`` blobs at once.
+
+    ``arch``: push only that architecture's part, tagged ``arch_tag(tag, arch)`` and without
+    signatures (they sign the whole publication); ``diskci.registry.assemble`` joins the parts.
+    """
     ref = Reference.parse(ref) if isinstance(ref, str) else ref
-    pub = plan_publication(build_dir)
+    if arch is None:
+        pub = plan_publication(build_dir)
+        return push_planned(
+            pub, ref, bundles=signature_bundles(pub), client=client, progress=progress, parallel=parallel
+        )
+    pub = plan_publication(build_dir, arches=[arch])
+    if ref.digest:
+        raise UsageError(f"{ref}: push to a tag, not a digest")
+    tag = arch_tag(ref.tag or pub.tag, arch)
+    return push_planned(
+        pub, ref.with_tag(tag), bundles=[], client=client, progress=progress, parallel=parallel
+    )
+
+
+def push_planned(
+    pub: Publication,
+    ref: Reference | str,
+    *,
+    bundles: list[tuple[Path, bytes, str]],
+    client: RegistryClient | None = None,
+    progress: Callable[[str], None] | None = None,
+    parallel: int = 3,
+) -> PushResult:
+    """Push a planned publication and ``bundles`` (``signature_bundles(pub)``) as referrers of its index."""
+    ref = Reference.parse(ref) if isinstance(ref, str) else ref
     if ref.digest:
         raise UsageError(f"{ref}: push to a tag, not a digest")
     tag = ref.tag or pub.tag
     client = client or open_registry(ref)
     say = progress or (lambda _msg: None)
     result = PushResult(reference=str(ref.with_tag(tag)), digest=pub.index_desc.digest, tag=tag)
-    bundles = _bundles_for(pub)
 
     # blobs in parallel (the registry hashes and stores one upload per connection), biggest first
     blobs = sorted(pub.blobs, key=lambda b: -b.desc.size)
@@ -127,8 +158,9 @@ def push_publication(
     return result
 
 
-def _bundles_for(pub: Publication) -> list[tuple[Path, bytes, str]]:
-    """Bundles in ``signatures/``, refusing any that sign another index (a stale signature)."""
+def signature_bundles(pub: Publication) -> list[tuple[Path, bytes, str]]:
+    """(path, bundle, predicate type) of each bundle in ``pub.build_dir``'s ``signatures/``, refusing
+    any that signs another index (a stale signature)."""
     out = []
     for path in bundle_files(pub.build_dir):
         data = path.read_bytes()

@@ -204,9 +204,13 @@ def sign_publication(
     issuer: str | None = None,
     source: Source | None = None,
     run_id: str = "",
+    planned: Publication | None = None,
 ) -> SignResult:
-    """Sign ``build_dir``'s index digest and its provenance; writes ``signatures/*.sigstore.json``."""
-    pub = plan_publication(build_dir)
+    """Sign ``build_dir``'s index digest and its provenance; writes ``signatures/*.sigstore.json``.
+
+    ``planned``: the publication to sign when it is not ``plan_publication(build_dir)`` (one assembled
+    from parts in a registry; ``build_dir`` then only receives the signatures)."""
+    pub = planned or plan_publication(build_dir)
     result = SignResult(index_digest=pub.index_desc.digest, identity=identity)
     statements = (
         (PUBLICATION_BUNDLE, index_statement(pub)),

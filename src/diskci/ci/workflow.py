@@ -1,0 +1,141 @@
+"""The image-build workflow (``.gitea/workflows/build.yaml``) of a platform spec, as data and as YAML.
+
+Public API: ``workflow(spec, spec_path) -> dict`` (the workflow as a data structure) and
+``render(workflow) -> str`` (deterministic YAML, PyYAML); ``WORKFLOW_PATH``; ``VARIABLES`` and
+``SECRETS`` (what the repository or its organisation must define).
+
+Shape: it runs on a pushed ``v*`` tag and on ``workflow_dispatch`` (input ``arches``: a JSON list,
+default every architecture of the spec). Job ``build`` is a matrix over those architectures; each
+runs on a worker labelled with its architecture (``runs-on: ${{ matrix.arch }}``: a worker's labels
+are its build targets), builds with ``diskci build`` and pushes that architecture's part with ``diskci
+push --arch``. Job ``publish`` (``needs: build``) joins the parts in the registry into the OCI index,
+signs it, pushes it and posts the webhook: ``diskci publish --from-registry``. Jobs hand data on through
+the registry only, never an artifact server. Every value from outside (matrix entries, inputs,
+variables, secrets) reaches a shell through ``env``, never spliced into a script.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from diskci.spec import PlatformSpec
+
+__all__ = ["SECRETS", "VARIABLES", "WORKFLOW_PATH", "render", "workflow"]
+
+WORKFLOW_PATH = ".gitea/workflows/build.yaml"
+CHECKOUT = "actions/checkout@v5"  # act checks out locally; the only remote action used
+
+# What the workflow reads from the repository's (or organisation's) settings.
+VARIABLES = {
+    "DISKCI_REGISTRY": "registry host[:port] the publication is pushed to (the spec names the repository)",
+    "DISKCI_AUTHORITY": "signing authority: URL of `diskci authority serve` (or a directory on the worker)",
+    "DISKCI_WEBHOOK_URL": "disk_image_built webhook of the platform (empty: no notification)",
+}
+SECRETS = {
+    "DISKCI_AUTHORITY_TOKEN": "signer credential for an authority URL (see diskci authority issue)",
+    "DISKCI_WEBHOOK_SECRET": "HMAC secret of the webhook (see provision_disk_image_webhook)",
+}
+
+
+def _arches_default(spec: PlatformSpec) -> str:
+    return json.dumps([a.value for a in spec.architectures], separators=(",", ":"))
+
+
+def _expr(text: str) -> str:
+    return "${{ " + text + " }}"
+
+
+def workflow(spec: PlatformSpec, spec_path: str) -> dict[str, Any]:
+    """The workflow building ``spec`` (at ``spec_path`` in the repository), as plain data."""
+    default = _arches_default(spec)
+    arches = f"inputs.arches || '{default}'"
+    identity = "${{ github.server_url }}/${{ github.repository }}/" + WORKFLOW_PATH + "@${{ github.ref }}"
+    build_job: dict[str, Any] = {
+        "name": "build " + _expr("matrix.arch"),
+        "runs-on": _expr("matrix.arch"),
+        "strategy": {"matrix": {"arch": _expr(f"fromJSON({arches})")}},
+        "steps": [
+            {"name": "Check out", "uses": CHECKOUT},
+            {
+                "name": "Build",
+                "env": {"ARCH": _expr("matrix.arch")},
+                "run": 'diskci build "$DISKCI_SPEC" --arch "$ARCH" --out "build/$ARCH"',
+            },
+            {
+                "name": "Push this architecture's part",
+                "env": {"ARCH": _expr("matrix.arch")},
+                "run": 'diskci push "build/$ARCH" --arch "$ARCH" --to "$DISKCI_REPOSITORY"',
+            },
+        ],
+    }
+    publish_job: dict[str, Any] = {
+        "needs": "build",
+        # any worker of the spec's first architecture: the job builds nothing
+        "runs-on": spec.architectures[0].value,
+        "steps": [
+            {"name": "Check out", "uses": CHECKOUT},
+            {
+                "name": "Assemble the index, sign, push and notify",
+                "env": {
+                    "ARCHES": _expr(f"join(fromJSON({arches}), ',')"),
+                    "IDENTITY": identity,
+                    "DISKCI_AUTHORITY": _expr("vars.DISKCI_AUTHORITY"),
+                    "DISKCI_AUTHORITY_TOKEN": _expr("secrets.DISKCI_AUTHORITY_TOKEN"),
+                    "DISKCI_WEBHOOK_URL": _expr("vars.DISKCI_WEBHOOK_URL"),
+                    "DISKCI_WEBHOOK_SECRET": _expr("secrets.DISKCI_WEBHOOK_SECRET"),
+                },
+                "run": (
+                    'diskci publish --from-registry "$DISKCI_REPOSITORY" --spec "$DISKCI_SPEC" \\\n'
+                    '  --arch "$ARCHES" --identity "$IDENTITY" --notify-url "$DISKCI_WEBHOOK_URL"\n'
+                ),
+            },
+        ],
+    }
+    return {
+        "name": f"build {spec.name}",
+        "on": {
+            "push": {"tags": ["v*"]},
+            "workflow_dispatch": {
+                "inputs": {
+                    "arches": {
+                        "description": f"Architectures to build, a JSON list (default {default})",
+                        "required": False,
+                        "type": "string",
+                        "default": default,
+                    }
+                }
+            },
+        },
+        "env": {
+            "DISKCI_SPEC": spec_path,
+            "DISKCI_REPOSITORY": _expr("vars.DISKCI_REGISTRY") + "/" + spec.registry_repository,
+        },
+        "jobs": {"build": build_job, "publish": publish_job},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block style; multi-line strings as literal blocks; keys in the order the data has them."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # no &anchors: each value written out where it is used
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def render(data: dict[str, Any], *, source: str = "") -> str:
+    """``data`` as YAML (the same bytes for the same data), headed by a "generated" comment."""
+    body = yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000, allow_unicode=True
+    )
+    origin = f" from {source}" if source else ""
+    return f"# Generated by `diskci ci workflow`{origin}: regenerate it rather than editing it.\n{body}"
