@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from diskci.cli.output import print_json, stdout
+from diskci.image.cache import DEFAULT_MAX_SIZE, parse_size
 from diskci.image.pipeline import STAGE_NAMES, resolve_stages, run_build
 from diskci.spec import load_spec
 
@@ -54,15 +55,26 @@ def build(
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Rebuild even when cached (refreshes the cache)."
     ),
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", min=1, help="Stages run at once, where they can (default: the CPU count)."
+    ),
+    cache_max_size: str = typer.Option(
+        DEFAULT_MAX_SIZE,
+        "--cache-max-size",
+        envvar="DISKCI_CACHE_MAX_SIZE",
+        help="After the build, prune the cache to this size, least recently used first (0: no limit).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print build.json to stdout when done."),
 ) -> None:
     """Build a platform's images: Stage 1 root filesystem (mmdebstrap), then the stages after it.
 
     Writes DIR/<arch>/rootfs.tar, packages.json, sbom.spdx.json, the later stages' artifacts and
-    DIR/build.json (see docs/build-json.md). Needs root for mmdebstrap.
+    DIR/build.json (see docs/build-json.md). Needs root for mmdebstrap. Every stage is cached by its
+    inputs: a rebuild reruns only the stages whose inputs changed (see diskci cache).
 
     Example: [bold]sudo diskci build platforms/debian-12-amd64.yaml --stages rootfs[/]
     """
+    limit = parse_size(cache_max_size)
     chosen = _split(stages) + [f for f in _split(formats) if f not in _split(stages)]
     resolve_stages(chosen)  # unknown names fail here (UsageError), before the spec is read
     platform = load_spec(spec).name
@@ -76,6 +88,8 @@ def build(
         source_date_epoch,
         chosen or None,
         use_cache=not no_cache,
+        jobs=jobs,
+        cache_max_size=limit or None,
     )
     elapsed = time.monotonic() - started
     if json_out:

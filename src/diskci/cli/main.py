@@ -20,6 +20,7 @@ from diskci.errors import DiskciError
 COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "diskci.cli.spec": ("spec",),
     "diskci.cli.build": ("build",),
+    "diskci.cli.cache": ("cache",),
     "diskci.cli.fsverity": ("fsverity",),
     "diskci.cli.composefs": ("composefs",),
     "diskci.cli.netboot": ("netboot",),

@@ -29,7 +29,7 @@ from diskci.image.cache import Cache, rootfs_key_inputs
 from diskci.image.cache import canonical_digest as _digest
 from diskci.image.mirror import fetch_release, resolve_mirror
 from diskci.image.pipeline import BuildContext
-from diskci.manifest import sha256_file
+from diskci.manifest import Artifact, sha256_file
 from diskci.mediatypes import ANNOTATION_ARCH, PACKAGES_JSON, ROOTFS_TAR, SBOM_SPDX
 from diskci.process import require_tool, run, tool_version
 from diskci.spec import Architecture, PlatformSpec
@@ -116,26 +116,17 @@ def stage(ctx: BuildContext) -> None:
     cache = Cache(ctx.cache_dir, "rootfs")
     hit = ctx.use_cache and _restore(ctx, cache, key, outputs)
     if not hit:
-        _check_root()
-        check_free_space(
-            {tempfile.gettempdir(): NEED_WORK, ctx.arch_dir: NEED_OUT, ctx.cache_dir: NEED_CACHE}
-        )
-        ensure_emulation(arch)
-        build(ctx, mmdebstrap, mirror, files, tar, packages_json)
-        rootfs_art = ctx.add_artifact(tar, ROOTFS_TAR)
-        pkg_art = ctx.add_artifact(packages_json, PACKAGES_JSON)
-        ctx.report("storing in the cache")
-        try:
-            cache.store(
-                key, outputs, inputs, {"rootfs.tar": rootfs_art.sha256, "packages.json": pkg_art.sha256}
-            )
-            log.info("rootfs %s: built and cached (key %s)", arch.value, key[:16])
-        except CacheError as exc:  # the build itself succeeded: a cache problem only costs time later
-            log.warning("rootfs %s: built, but not cached: %s", arch.value, exc.message)
-    else:
-        rootfs_art = ctx.record.artifact("rootfs.tar")
-        pkg_art = ctx.record.artifact("packages.json")
+        # one build of a key at a time: a concurrent build of the same root waits, then hits
+        with contextlib.ExitStack() as held:
+            if ctx.use_cache:
+                held.enter_context(cache.lock(key, on_wait=lambda: ctx.report("waiting for another build")))
+                hit = _restore(ctx, cache, key, outputs)
+            if not hit:
+                _build_and_store(ctx, cache, key, inputs, mmdebstrap, mirror, files, outputs)
+    if hit:
         log.info("rootfs %s: cache hit (key %s), reused %s", arch.value, key[:16], cache.entry_path(key))
+    rootfs_art = ctx.record.artifact("rootfs.tar")
+    pkg_art = ctx.record.artifact("packages.json")
     ctx.record.cache["rootfs"] = {"key": key, "hit": bool(hit)}
 
     ctx.report("writing the SBOM")
@@ -155,28 +146,62 @@ def stage(ctx: BuildContext) -> None:
         art.annotations[ANNOTATION_ARCH] = arch.value
 
 
+def _build_and_store(
+    ctx: BuildContext,
+    cache: Cache,
+    key: str,
+    inputs: Mapping[str, object],
+    mmdebstrap: str,
+    mirror: str,
+    files: Mapping[str, Path],
+    outputs: Mapping[str, Path],
+) -> None:
+    """Run mmdebstrap, record rootfs.tar and packages.json, and store both in the cache."""
+    _check_root()
+    check_free_space({tempfile.gettempdir(): NEED_WORK, ctx.arch_dir: NEED_OUT, ctx.cache_dir: NEED_CACHE})
+    ensure_emulation(ctx.arch)
+    tar, packages_json = outputs["rootfs.tar"], outputs["packages.json"]
+    build(ctx, mmdebstrap, mirror, files, tar, packages_json)
+    arts = [ctx.add_artifact(tar, ROOTFS_TAR), ctx.add_artifact(packages_json, PACKAGES_JSON)]
+    ctx.report("storing in the cache")
+    recorded = {"artifacts": [a.model_dump(mode="json") for a in arts]}
+    try:
+        # with --no-cache the key's lock is taken only to store (the entry is replaced whole)
+        with contextlib.nullcontext() if ctx.use_cache else cache.lock(key):
+            cache.store(key, outputs, inputs, {a.name: a.sha256 for a in arts}, build=recorded)
+        log.info("rootfs %s: built and cached (key %s)", ctx.arch.value, key[:16])
+    except CacheError as exc:  # the build itself succeeded: a cache problem only costs time later
+        log.warning("rootfs %s: built, but not cached: %s", ctx.arch.value, exc.message)
+
+
 def _restore(ctx: BuildContext, cache: Cache, key: str, outputs: Mapping[str, Path]) -> bool:
-    """Put a cached entry's files in place; False (and the entry discarded) when absent or damaged."""
+    """Put a cached entry's files in place, each checked against its recorded sha256 first; False
+    (and the entry discarded when damaged) when absent or damaged."""
     entry = cache.lookup(key)
     if entry is None:
         return False
     ctx.report("cache hit: reusing the root filesystem")
     try:
-        cache.restore(entry, outputs)
+        digests = cache.restore_verified(entry, outputs)
     except OSError as exc:
         raise ResourceError(
             f"cannot copy the cached root filesystem into {ctx.arch_dir}: {exc.strerror or exc}",
             hint="Free some space there, or choose another --out directory.",
         ) from exc
+    if digests is None:
+        return False
     for name, path in outputs.items():
         media = ROOTFS_TAR if name == "rootfs.tar" else PACKAGES_JSON
-        art = ctx.add_artifact(path, media)
-        if art.sha256 != entry.sha256(name):
-            log.warning("cache entry %s is damaged (%s sha256 differs); rebuilding", key[:16], name)
-            cache.discard(key)
-            for p in outputs.values():
-                p.unlink(missing_ok=True)
-            return False
+        ctx.record_artifact(
+            Artifact(
+                name=path.name,
+                path=path.relative_to(ctx.build_dir).as_posix(),
+                media_type=media,
+                size=path.stat().st_size,
+                sha256=digests[name],
+            )
+        )
+    cache.touch(key)
     return True
 
 
