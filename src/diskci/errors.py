@@ -23,6 +23,7 @@ checks that this drawing and the classes agree:
     │   ├── ErofsError               (formats.erofs) the tree cannot be written as EROFS
     │   ├── ImageFormatError         (formats.composefs_reader) a corrupt or hostile composefs image
     │   ├── IngestError              (formats.ingest) a file could not be read as its size says
+    │   ├── ListingFormatError       (formats.composefs_diff) not a composefs listing diskci packed
     │   └── TreeFormatError          (formats.fstree) a tarball or directory cannot be represented
     ├── SupplyChainError             signing authority and bundle problems
     │   ├── AuthorityError           (supplychain.authority) cannot create, open or issue
@@ -33,7 +34,7 @@ checks that this drawing and the classes agree:
     ├── BootTimeout                  (qemu) the awaited console line did not come; the console tail
     ├── DemoError                    (demo) a step of ``diskci demo`` did not do what it should
     └── PlatformError                control-plane errors; each carries its HTTP status (500 by default)
-        ├── BodyTooLarge             (platform.http.webhooks) 413
+        ├── BodyTooLarge             (platform.http.limits) 413
         ├── DatabaseUnavailable      (platform.actions.catalog) 503
         ├── DuplicateAction          (platform.actions.catalog) an action name registered twice
         ├── PortUnavailable          (platform.ports) 503: the adapter was not given a port it needs
@@ -42,6 +43,7 @@ checks that this drawing and the classes agree:
         ├── RetryLater               (platform.services.publication_processor) 503: a transient failure
         ├── SecretDecryptionFailed   (platform.secrets) the secret key changed, or the value was altered
         ├── NotFound                 404
+        │   ├── ListingUnavailable   (platform.actions.publication_diff) no listing to diff, and why
         │   ├── PlatformNotFound     (platform.actions.platforms)
         │   ├── PublicationNotFound  (platform.actions.publications)
         │   ├── TaskNotFound         (platform.actions.events)
@@ -58,14 +60,18 @@ checks that this drawing and the classes agree:
         │   ├── BadSignature         (platform.http.webhooks)
         │   ├── InvalidToken         (platform.actions.tokens)
         │   ├── MissingToken         (platform.http.auth)
-        │   └── StaleDelivery        (platform.http.webhooks)
+        │   ├── StaleDelivery        (platform.http.webhooks)
+        │   └── UnknownTokenName     (platform.mcp.transport) the stdio server's token is gone
         ├── Forbidden                403
+        │   └── ConfirmationRefused  (platform.mcp.confirmations) unknown, foreign, spent, expired
         └── InvalidRequest           400, exit 2
             ├── ConfirmationRequired (platform.actions.catalog) 428: a destructive action, unconfirmed
             ├── InvalidDigest        (platform.services.blobcache) not a sha256 digest
             ├── InvalidMacAddress    (platform.actions.instances) also a ValueError, for pydantic
             ├── InvalidPlatform      (platform.actions.platforms)
             ├── MalformedDelivery    (platform.http.webhooks)
+            ├── NoDefaultPublication (platform.actions.publication_diff) nothing to diff from
+            ├── PublicationOfAnotherPlatform  (platform.actions.publication_diff)
             └── UnknownAction        (platform.actions.catalog) 404
 """
 

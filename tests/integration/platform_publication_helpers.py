@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from diskci import mediatypes as mt
+from diskci.formats import composefs
+from diskci.formats.fstree import Node
 from diskci.manifest import Artifact, BuildManifest
 from diskci.platform.db.models import NodePlatform, WebhookDelivery
 from diskci.platform.db.session import Database
@@ -31,8 +33,10 @@ def make_netboot_build(
     arches: tuple[str, ...] = ("amd64",),
     root_size: int = 300_000,
     lie_about_fsverity: bool = False,
+    composefs_root: Node | bytes | None = None,
 ) -> BuildManifest:
-    """A build directory with a kernel, an initramfs and a root image per architecture."""
+    """A build directory with a kernel, an initramfs and a root image per architecture; with
+    ``composefs_root``, a composefs image ``rootfs.cfs`` of that tree too (or those bytes, as they are)."""
     manifest = BuildManifest(
         platform=platform,
         version=version,
@@ -57,6 +61,16 @@ def make_netboot_build(
                 art = art.model_copy(update={"fsverity": "0" * 64})
             ab.add(art)
         ab.composefs_digest = ab.artifact("rootfs.img").fsverity
+        if composefs_root is not None:
+            image = arch_dir / "rootfs.cfs"
+            if isinstance(composefs_root, bytes):
+                image.write_bytes(composefs_root)
+            else:
+                with open(image, "wb") as f:
+                    composefs.write(composefs_root, f)
+            art = Artifact.from_file(build_dir, image, mt.COMPOSEFS_IMAGE, with_fsverity=True)
+            ab.add(art)
+            ab.composefs_digest = art.fsverity
     manifest.save(build_dir)
     return manifest
 

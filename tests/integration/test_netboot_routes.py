@@ -110,7 +110,10 @@ def test_boot_ipxe_chains_to_the_machine_script(client: Any) -> None:
     assert r.status_code == 200
     lines = r.text.splitlines()
     assert lines[0] == "#!ipxe"
-    assert "chain --autofree http://testserver/ipxe?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}" in lines
+    assert (
+        "chain --autofree http://127.0.0.1:8480/ipxe?mac=${mac:hexhyp}&uuid=${uuid}&arch=${buildarch}"
+        in lines
+    )
 
 
 def test_ipxe_without_a_default_prints_why_and_retries(client: Any, platform_id: int) -> None:
@@ -118,7 +121,7 @@ def test_ipxe_without_a_default_prints_why_and_retries(client: Any, platform_id:
     assert r.status_code == 200
     assert "has no default publication" in r.text
     assert re.search(r"^sleep \d+$", r.text, re.M)
-    assert f"chain --autofree http://testserver/ipxe?mac={HEXHYP}&uuid=u-1&arch=amd64" in r.text
+    assert f"chain --autofree http://127.0.0.1:8480/ipxe?mac={HEXHYP}&uuid=u-1&arch=amd64" in r.text
     assert "kernel" not in r.text
     unknown = client.get("/ipxe?mac=52-54-00-ff-ff-ff&arch=x86_64")
     assert "no NodeInstance has MAC 52:54:00:ff:ff:ff" in unknown.text and "sleep" in unknown.text
@@ -133,12 +136,12 @@ def test_ipxe_boots_the_default_with_the_verified_root_digest(
     assert _set_default(client, admin_headers, pub_id).status_code == 200
     for arch in ("x86_64", "i386"):  # a BIOS iPXE is an i386 build: it boots amd64 kernels too
         r = client.get(f"/ipxe?mac={HEXHYP}&uuid=u-1&arch={arch}")
-        base = f"http://testserver/netboot/{pub_id}/amd64"
+        base = f"http://127.0.0.1:8480/netboot/{pub_id}/amd64"
         root_sha = hashlib.sha256(files["rootfs.img"]).hexdigest()
         assert f"kernel {base}/vmlinuz initrd=initramfs.img diskci.root={base}/rootfs.img " in r.text
         assert f"diskci.root_sha256={root_sha} " in r.text
         assert (
-            f"diskci.report=http://testserver/api/v1/netboot/report?publication={pub_id}&mac={HEXHYP} "
+            f"diskci.report=http://127.0.0.1:8480/api/v1/netboot/report?publication={pub_id}&mac={HEXHYP} "
             in r.text
         )
         assert "ip=dhcp console=ttyS0 quiet\n" in r.text
@@ -209,7 +212,8 @@ def test_default_pruned_after_being_set_is_no_longer_booted(
     r = client.get(f"/ipxe?mac={HEXHYP}&arch=x86_64")
     assert "is pruned" in r.text and "kernel" not in r.text
     assert client.get(f"/netboot/{pub_id}/amd64/vmlinuz").status_code == 404
-    assert client.get(f"/netboot/{pub_id}/amd64/no-such-file").status_code == 404
+    assert client.get(f"/netboot/{pub_id}/amd64/no-such-file").status_code == 401  # not a boot file
+    assert client.get(f"/netboot/{pub_id}/amd64/no-such-file", headers=admin_headers).status_code == 404
 
 
 def test_missing_blob_is_not_found_not_an_error(

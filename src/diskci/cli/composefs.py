@@ -1,5 +1,5 @@
 """``diskci composefs``: build composefs images (mkcomposefs 1.0.x compatible) from a directory, a tarball
-or a dump (composefs-dump(5)), and dump an image back to that format."""
+or a dump (composefs-dump(5)), dump an image back to that format, and diff two images."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from diskci.cli.output import print_json, stdout
 from diskci.errors import UsageError
-from diskci.formats import composefs, composefs_dump, composefs_reader
+from diskci.formats import composefs, composefs_diff, composefs_dump, composefs_reader
 
 composefs_app = typer.Typer(
     help="composefs images: metadata-only EROFS + object store.", no_args_is_help=True
@@ -108,6 +109,46 @@ def dump(image: Path = typer.Argument(..., help="A composefs image (diskci's or 
     out = sys.stdout.buffer
     composefs_dump.write(described, out)
     out.flush()
+
+
+_MARKS = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
+
+
+@composefs_app.command("diff")
+def diff(
+    old: Path = typer.Argument(..., help="The composefs image before."),
+    new: Path = typer.Argument(..., help="The composefs image after."),
+    json_out: bool = typer.Option(False, "--json", help="Print counts and every change as JSON."),
+    under: str | None = typer.Option(None, "--under", help="Only paths at or below this one (e.g. /etc)."),
+    exit_code: bool = typer.Option(
+        False, "--exit-code", help="Exit with 1 when the images differ (as git diff --exit-code)."
+    ),
+) -> None:
+    """Show the paths added, removed and changed from OLD to NEW: file type, mode, owner, size, content
+    (fs-verity digest, or the hash of an inline file), symlink target, device number, xattrs.
+
+    Modification times, link counts and directory sizes are not compared. The exit status is 0 whether
+    or not they differ, unless --exit-code is given.
+
+    Example: [bold]diskci composefs diff old/rootfs.cfs new/rootfs.cfs --under /usr/bin[/]
+    """
+    result = composefs_diff.diff(
+        composefs_diff.read_listing(old), composefs_diff.read_listing(new), under=under
+    )
+    if json_out:
+        print_json(result.to_json())
+    else:
+        for change in result.changes:
+            mark, colour = _MARKS[change.change]
+            what = escape(composefs_diff.describe_change(change))
+            stdout.print(f"[{colour}]{mark}[/] {escape(change.path)}  [dim]{what}[/]", soft_wrap=True)
+        counts = result.counts
+        stdout.print(
+            f"{counts['added']} added, {counts['removed']} removed, {counts['changed']} changed, "
+            f"{counts['unchanged']} unchanged"
+        )
+    if exit_code and result:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

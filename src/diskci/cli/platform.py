@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from diskci.cli.output import print_json, stdout
 from diskci.errors import UsageError
@@ -144,6 +146,32 @@ def migrate(
         stdout.print(f"{result['url']}: schema at head")
 
 
+@platform_app.command("mcp")
+def mcp(
+    token_name: str = typer.Option(
+        ..., "--token-name", help="The API token whose identity and role the MCP client acts with."
+    ),
+    read_only: bool = typer.Option(False, "--read-only", help="Offer only the read-only tools."),
+    state_dir: Path = StateDirOption,
+    database_url: str = DatabaseOption,
+) -> None:
+    """Serve the actions as MCP tools on stdin/stdout, for a local assistant (the System Concierge).
+
+    The client acts as the named API token: it sees and may call only what the token's role allows.
+    Over HTTP the same tools are at /mcp on [bold]diskci platform serve[/] (bearer tokens).
+
+    Example: [bold]diskci platform mcp --token-name ops-alice --read-only[/]
+    """
+    from diskci.platform.mcp.transport import run_stdio
+    from diskci.platform.ports import Ports
+    from diskci.platform.tasks import TaskQueue
+
+    settings = _settings(state_dir, database_url)
+    database = _database(settings)
+    ports = Ports(enqueue=TaskQueue(settings, database=database).enqueue_publication)
+    run_stdio(database=database, settings=settings, ports=ports, token_name=token_name, read_only=read_only)
+
+
 def _has_tokens(database: Any) -> bool:
     from sqlalchemy import select
 
@@ -238,8 +266,38 @@ def _run_action(
         stdout.print_json(result.model_dump_json(by_alias=True))
 
 
-def parse_action_input(data: str | None, assignments: list[str]) -> dict[str, Any]:
-    """The action input from ``--data`` (JSON text, ``@file`` or ``-`` for stdin) and ``--set k=v``."""
+def _json_or_text(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def convert_assignment(model: type[BaseModel] | None, key: str, raw: str) -> Any:
+    """``--set KEY=RAW``'s value as JSON data of the field's type (actions validate strictly).
+
+    The text is read as the field's type when it can be (``3`` for an integer, ``true`` for a flag,
+    any text for a string, an ISO time for a time); ``null`` is null; anything else (lists, objects,
+    fields the model does not have) is JSON when it is JSON, else the text itself."""
+    if raw == "null":
+        return None
+    fields = model.model_fields if model is not None else {}
+    field = fields.get(key) or next((f for f in fields.values() if f.alias == key), None)
+    if field is None or field.annotation is None:
+        return _json_or_text(raw)
+    try:
+        value = TypeAdapter(field.annotation).validate_strings(raw)
+    except ValidationError:
+        return _json_or_text(raw)
+    return to_jsonable_python(value)
+
+
+def parse_action_input(
+    data: str | None, assignments: list[str], model: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """The action input from ``--data`` (JSON text, ``@file`` or ``-`` for stdin) and ``--set k=v``.
+
+    ``--data`` is JSON as it is; each ``--set`` value is converted to ``model``'s field type."""
     values: dict[str, Any] = {}
     if data:
         if data == "-":
@@ -259,10 +317,7 @@ def parse_action_input(data: str | None, assignments: list[str]) -> dict[str, An
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set {item!r}: expected FIELD=VALUE")
-        try:
-            values[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[key] = raw
+        values[key] = convert_assignment(model, key, raw)
     return values
 
 
@@ -270,16 +325,18 @@ def _action_command(spec: ActionSpec) -> Callable[..., None]:
     def command(
         data: str = typer.Option(None, "--data", "-d", help="Input as JSON, @file.json, or - for stdin."),
         assignments: list[str] = typer.Option(
-            [], "--set", "-s", help="FIELD=VALUE (VALUE parsed as JSON when it is JSON); repeatable."
+            [],
+            "--set",
+            "-s",
+            help="FIELD=VALUE (VALUE read as the field's type, else as JSON); repeatable.",
         ),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         yes: bool = typer.Option(False, "--yes", help="Confirm a destructive action."),
         state_dir: Path = StateDirOption,
         database_url: str = DatabaseOption,
     ) -> None:
-        _run_action(
-            spec.name, parse_action_input(data, assignments), json_out, state_dir, database_url, confirmed=yes
-        )
+        values = parse_action_input(data, assignments, spec.input_model)
+        _run_action(spec.name, values, json_out, state_dir, database_url, confirmed=yes)
 
     fields = ", ".join(spec.input_model.model_fields) or "none"
     text, _, example = spec.description.partition("Example:")

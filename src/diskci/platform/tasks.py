@@ -60,7 +60,9 @@ def make_huey(settings: PlatformSettings) -> Huey:
             raise UsageError(f"DISKCI_QUEUE_URL {settings.queue_url!r}: give a file, sqlite:////abs/queue.db")
         from pathlib import Path
 
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        from diskci.platform.statefiles import private_sqlite_file
+
+        private_sqlite_file(Path(path))  # 0600 in a 0700 directory, like the database
         return SqliteHuey(name, filename=path, utc=True)
     raise UsageError(
         f"DISKCI_QUEUE_URL {settings.queue_url!r}: unsupported queue (use sqlite:///PATH or redis://HOST:PORT/DB)"

@@ -2,9 +2,12 @@
 
 An action is a plain function ``def f(ctx: ActionContext, data: Input) -> Output`` registered with
 ``@action(name, Input, Output, role)``. The HTTP API, the CLI and the MCP server are generated from
-this catalog and run actions only through ``invoke()``, which validates the input, checks the
-caller's role, refuses a destructive action that was not confirmed (the same rule for every adapter)
-and runs the function in one unit of work (commit once, or roll back). The adapter hands its ``Ports``
+this catalog and run actions only through ``invoke()``, which checks the caller's role (first, so that
+a caller without it learns nothing of the input), validates the input, refuses a destructive action
+that was not confirmed (the same rule for every adapter) and runs the function in one unit of work
+(commit once, or roll back). Input is validated strictly, as the JSON it is: no coercion (``true`` is
+not the id 1, ``"3"`` is not 3), and every integer must fit an INTEGER column; an adapter that reads
+text (the CLI) converts it to the fields' types first. The adapter hands its ``Ports``
 (the task queue, later the CI backend and compute provider) to ``invoke()``; actions reach them through
 ``ActionContext.ports`` only.
 """
@@ -21,12 +24,13 @@ from functools import cached_property
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
-from sqlalchemy.exc import IntegrityError, OperationalError
+from pydantic_core import PydanticSerializationError, to_json
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, Forbidden, InvalidRequest, PlatformError
 from diskci.platform.db.models import Role, utcnow
-from diskci.platform.db.session import Database
+from diskci.platform.db.session import MAX_INTEGER, Database
 from diskci.platform.ports import Ports
 from diskci.platform.secrets import SecretBox
 from diskci.platform.settings import PlatformSettings
@@ -37,6 +41,7 @@ ACTION_MODULES = (
     "diskci.platform.actions.instances",
     "diskci.platform.actions.webhooks",
     "diskci.platform.actions.publications",
+    "diskci.platform.actions.publication_diff",
     "diskci.platform.actions.retention",
     "diskci.platform.actions.events",
     "diskci.platform.actions.tokens",
@@ -191,14 +196,44 @@ def validation_detail(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _out_of_range(value: Any, path: str) -> str | None:
+    """The path of the first integer in ``value`` that no INTEGER column holds, if any."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return path if not -MAX_INTEGER - 1 <= value <= MAX_INTEGER else None
+    if isinstance(value, BaseModel):
+        items: Any = ((name, getattr(value, name)) for name in type(value).model_fields)
+    elif isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple | set | frozenset):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _out_of_range(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def parse_input(spec: ActionSpec, data: BaseModel | Mapping[str, Any] | None) -> BaseModel:
+    """``data`` validated strictly, in JSON mode, as ``spec``'s input (a model instance as it is)."""
     if isinstance(data, spec.input_model):
         return data
-    raw = data.model_dump() if isinstance(data, BaseModel) else dict(data or {})
+    raw = data.model_dump(mode="json") if isinstance(data, BaseModel) else dict(data or {})
     try:
-        return spec.input_model.model_validate(raw)
+        payload = spec.input_model.model_validate_json(to_json(raw), strict=True)
+    except PydanticSerializationError as exc:
+        raise InvalidRequest(f"invalid input for {spec.name}: not JSON data: {exc}") from exc
     except ValidationError as exc:
         raise InvalidRequest(f"invalid input for {spec.name}: {validation_detail(exc)}") from exc
+    field = _out_of_range(payload, "")
+    if field is not None:
+        raise InvalidRequest(
+            f"invalid input for {spec.name}: {field}: out of range (integers are at most {MAX_INTEGER})"
+        )
+    return payload
 
 
 def check_role(spec: ActionSpec, role: Role) -> None:
@@ -224,7 +259,7 @@ def invoke(
     confirmed: bool = False,
     ports: Ports | None = None,
 ) -> BaseModel:
-    """Run one action as ``actor`` with ``role``: validate, authorize, confirm, run, commit once.
+    """Run one action as ``actor`` with ``role``: authorize, validate, confirm, run, commit once.
 
     A destructive action needs ``confirmed=True`` (the adapter's confirmation: ``--yes`` on the CLI),
     else ``ConfirmationRequired``. ``ports`` are what the action may reach outside the database.
@@ -251,3 +286,6 @@ def invoke(
         raise ConcurrentChange(f"{name}: a concurrent change conflicts with this one: {exc.orig}") from exc
     except OperationalError as exc:
         raise DatabaseUnavailable(f"{name}: the database is unavailable: {exc.orig}") from exc
+    except (DataError, OverflowError) as exc:  # a value the database or the clock cannot hold
+        detail = exc.orig if isinstance(exc, DataError) else exc
+        raise InvalidRequest(f"{name}: a value of the input is out of range: {detail}") from exc

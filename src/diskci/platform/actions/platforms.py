@@ -140,8 +140,8 @@ class CreateNodePlatformInput(ActionModel):
     cosign_oidc_issuer: str = Field(description="The OIDC issuer the signing certificate must name.")
     trusted_root: str | None = Field(default=None, description="sigstore TrustedRoot JSON (text).")
     description: str = ""
-    retention_routine_days: int = Field(default=90, ge=1)
-    retention_critical_days: int = Field(default=365, ge=1)
+    retention_routine_days: int = Field(default=90, ge=1, le=36500)
+    retention_critical_days: int = Field(default=365, ge=1, le=36500)
 
 
 @action("system_create_node_platform", CreateNodePlatformInput, NodePlatformOut, Role.ADMIN)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -223,6 +224,24 @@ class DiskImagePublication(Base):
         return PublicationArtifacts.model_validate(self.artifacts or {})
 
 
+class DiskImageListing(Base):
+    """The composefs listing of one architecture of a publication (what ``diskci composefs diff`` compares):
+    ``data`` is ``diskci.formats.composefs_diff.encode``'s bytes, or None with ``error`` saying why the
+    processor could not read the image (the publication is published all the same)."""
+
+    __tablename__ = "disk_image_listings"
+    __table_args__ = (UniqueConstraint("publication_id", "architecture"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    publication_id: Mapped[int] = mapped_column(ForeignKey("disk_image_publications.id", ondelete="CASCADE"))
+    architecture: Mapped[str] = mapped_column(String(32))
+    composefs_sha256: Mapped[str] = mapped_column(String(64))  # the image blob the listing was read from
+    entries: Mapped[int] = mapped_column(Integer, default=0)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class WebhookDelivery(Base):
     """Every accepted webhook delivery, by its id: a delivery id is never accepted twice."""
 
@@ -293,3 +312,19 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Confirmation(Base):
+    """A one-time confirmation of a destructive action, bound to the exact action, arguments and caller
+    (``actor``); it expires at ``expires_at`` and is spent at ``used_at`` (shared by every replica)."""
+
+    __tablename__ = "confirmations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    confirmation_id: Mapped[str] = mapped_column(String(64), unique=True)
+    action: Mapped[str] = mapped_column(String(128))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    actor: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    used_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -7,7 +7,9 @@ on any exception. Keep write scopes short: never hold one open across registry o
 SQLite (the default, ``DISKCI_DATABASE_URL`` unset) runs in WAL mode with a busy timeout and foreign
 keys on; write scopes begin with ``BEGIN IMMEDIATE`` so that concurrent writers queue on the busy
 timeout instead of failing on a lock upgrade, while ``read_scope()`` uses a plain deferred ``BEGIN``
-(WAL readers never wait). PostgreSQL uses one engine for both.
+(WAL readers never wait). The database file is created 0600 in a 0700 directory before SQLite opens
+it, so its WAL and shared-memory files (which SQLite gives the database's mode) are private too.
+PostgreSQL uses one engine for both.
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from diskci.errors import UsageError
+from diskci.platform.statefiles import private_sqlite_file
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+MAX_INTEGER = 2**31 - 1  # the largest value of an INTEGER column (ids, days, offsets) on every backend
 _PG_MIGRATION_LOCK = 0x64697363  # "disc": one migrating process at a time
 
 
 def _sqlite_engine(url: str, *, begin: str) -> Engine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(Path(parsed.database).expanduser())  # 0600 in a 0700 directory
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},

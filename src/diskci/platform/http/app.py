@@ -1,8 +1,11 @@
 """The FastAPI application factory: action routes, webhook receiver, netboot, health.
 
 Every registered action is served as ``POST /api/v1/<action name>`` with its pydantic input as the JSON
-body and its output as the response, behind a bearer token whose role must allow the action. Errors
-become ``{"error": "<ErrorClass>", "detail": "..."}`` with the error's HTTP status, in one handler.
+body and its output as the response, behind a bearer token whose role must allow the action. The token
+and the role are checked before a byte of the body is read; then the body (bounded, like every body,
+by ``platform.http.limits``) is parsed by ``platform.http.jsonbody`` and validated, strictly, in
+``invoke()``. Errors become ``{"error": "<ErrorClass>", "detail": "..."}`` with the error's HTTP
+status, in one handler.
 
 The app's ports (the task queue) are built once from what ``create_app`` was given and handed to
 ``invoke()`` and to the webhook receiver. A destructive action's route is its own confirmation: the
@@ -15,23 +18,32 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Body, Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException
 
 from diskci import __version__
-from diskci.errors import DiskciError, InvalidRequest, Unauthorized
-from diskci.platform.actions.catalog import ActionSpec, DatabaseUnavailable, invoke, load_all
+from diskci.errors import DiskciError, InvalidRequest
+from diskci.platform.actions.catalog import ActionSpec, DatabaseUnavailable, check_role, invoke, load_all
+from diskci.platform.actions.webhooks import WEBHOOK_PATH
 from diskci.platform.db.session import Database, configure, set_default
-from diskci.platform.http.auth import Principal, current_principal
+from diskci.platform.http.auth import Principal, PrincipalDep
+from diskci.platform.http.errors import error_response, http_error_response
+from diskci.platform.http.jsonbody import parse_json_object
+from diskci.platform.http.limits import BodyLimitMiddleware, RouteLimits
 from diskci.platform.ports import EnqueuePublication, Ports
+from diskci.platform.services.netboot import MAX_REPORT_BYTES, REPORT_PATH
 from diskci.platform.settings import PlatformSettings
+from diskci.platform.statefiles import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +52,6 @@ DESTRUCTIVE_NOTE = (
     "**Destructive.** Calling this route is the confirmation: the action runs at once, so send it only"
     " when it is meant (the CLI asks for `--yes`)."
 )
-
-
-def error_response(exc: DiskciError) -> JSONResponse:
-    """The one mapping from a diskci error to an HTTP answer."""
-    status = getattr(exc, "http_status", 500)
-    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse(
-        status_code=status,
-        content={"error": type(exc).__name__, "detail": exc.diagnostics()},
-        headers=headers,
-    )
 
 
 async def _diskci_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -68,15 +69,53 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(InvalidRequest(f"invalid request: {problems}"))
 
 
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return http_error_response(exc)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: the error's class name, and what was wrong."""
+
+    error: str
+    detail: str
+
+
+_ERROR_STATUSES = {
+    400: "invalid input (the detail names each problem)",
+    401: "missing, invalid or revoked bearer token",
+    403: "the token's role does not allow this action",
+    404: "what the input names does not exist",
+    409: "a conflict with the current state",
+    413: "the body is over the limit",
+    503: "the database is unavailable",
+}
+ACTION_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": why} for status, why in _ERROR_STATUSES.items()
+}
+
+
 def _tag(spec: ActionSpec) -> str:
     return spec.func.__module__.rsplit(".", 1)[-1]
 
 
-def _action_endpoint(spec: ActionSpec) -> Callable[..., BaseModel]:
-    def endpoint(request: Request, body: BaseModel | None, principal: Principal) -> BaseModel:
-        return invoke(
+def _allowed(spec: ActionSpec) -> Callable[[Principal], Principal]:
+    """The route's dependency: the caller's token, whose role must allow ``spec`` (before any body)."""
+
+    def allowed(principal: PrincipalDep) -> Principal:
+        check_role(spec, principal.role)
+        return principal
+
+    return allowed
+
+
+def _action_endpoint(spec: ActionSpec) -> Callable[..., Coroutine[Any, Any, BaseModel]]:
+    async def endpoint(request: Request, principal: Principal) -> BaseModel:
+        data = parse_json_object(await request.body(), what=spec.name)
+        return await run_in_threadpool(
+            invoke,
             spec.name,
-            body,
+            data,
             database=request.app.state.database,
             settings=request.app.state.settings,
             actor=f"token:{principal.name}",
@@ -88,16 +127,10 @@ def _action_endpoint(spec: ActionSpec) -> Callable[..., BaseModel]:
     params = [
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
         inspect.Parameter(
-            "body",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=spec.input_model | None,
-            default=Body(None, description=spec.input_model.__doc__ or spec.summary),
-        ),
-        inspect.Parameter(
             "principal",
             inspect.Parameter.POSITIONAL_OR_KEYWORD,
             annotation=Principal,
-            default=Depends(current_principal),
+            default=Depends(_allowed(spec)),
         ),
     ]
     endpoint.__signature__ = inspect.Signature(params, return_annotation=spec.output_model)  # type: ignore[attr-defined]
@@ -105,9 +138,28 @@ def _action_endpoint(spec: ActionSpec) -> Callable[..., BaseModel]:
     return endpoint
 
 
+def _input_schemas(specs: list[ActionSpec]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each action's input schema reference, and the schemas they refer to (for the components)."""
+    models = {spec.input_model for spec in specs}
+    refs, top = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+    by_action = {spec.name: refs[(spec.input_model, "validation")] for spec in specs}
+    return by_action, top.get("$defs", {})
+
+
 def add_action_routes(app: FastAPI) -> None:
-    for spec in load_all().values():
+    specs = list(load_all().values())
+    refs, schemas = _input_schemas(specs)
+    for spec in specs:
         extra: dict[str, Any] = {"x-diskci-role": spec.role.value, "x-diskci-destructive": spec.destructive}
+        # The body is read by the endpoint, after the token; its schema is documented here.
+        extra["requestBody"] = {
+            "required": False,
+            "description": spec.input_model.__doc__ or spec.summary,
+            "content": {"application/json": {"schema": refs[spec.name]}},
+        }
         description = f"{spec.description}\n\nRole: **{spec.role.value}** or higher."
         if spec.destructive:
             description += f"\n\n{DESTRUCTIVE_NOTE}"
@@ -121,7 +173,24 @@ def add_action_routes(app: FastAPI) -> None:
             operation_id=spec.name,
             tags=[_tag(spec)],
             openapi_extra=extra,
+            responses=ACTION_ERROR_RESPONSES,
         )
+    _document_schemas(app, schemas)
+
+
+def _document_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
+    """Add the action inputs' schemas to the OpenAPI components (FastAPI sees no body parameter)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = generate()
+            known = doc.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in schemas.items():
+                known.setdefault(name, schema)
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(
@@ -136,6 +205,7 @@ def create_app(
     ``enqueue`` queues a webhook delivery for processing; by default, on ``TaskQueue(settings)``.
     """
     settings = settings or PlatformSettings()
+    private_dir(settings.state_dir)  # 0700, before anything (database, queue, blobs) lands in it
     settings.resolve_secret_key()  # fail at start, not at the first webhook, when the key is missing
     if database is None:
         database = configure(settings.database_url)
@@ -160,6 +230,12 @@ def create_app(
     app.state.ports = Ports(enqueue=enqueue)
     app.add_exception_handler(DiskciError, _diskci_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    limits = RouteLimits(
+        default=settings.api_max_body_bytes,
+        routes={WEBHOOK_PATH: settings.webhook_max_body_bytes, REPORT_PATH: MAX_REPORT_BYTES},
+    )
+    app.add_middleware(BodyLimitMiddleware, limits=limits)
 
     @app.get("/healthz", tags=["health"], summary="liveness and database reachability")
     def healthz() -> dict[str, str]:
@@ -181,4 +257,7 @@ def create_app(
             raise
     else:
         app.include_router(netboot.router)
+    from diskci.platform.mcp.transport import mount_mcp
+
+    mount_mcp(app, database=database, settings=settings, ports=app.state.ports)  # MCP at /mcp
     return app

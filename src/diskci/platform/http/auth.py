@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -57,3 +58,9 @@ def current_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
+
+
+async def authenticate_request(request: Request) -> Principal:
+    """``current_principal`` for a route that needs a token only for some requests (any role)."""
+    credentials = await bearer_scheme(request)
+    return await run_in_threadpool(current_principal, request, credentials)

@@ -2,14 +2,15 @@
 
 ``GET /boot.ipxe`` → ``GET /ipxe?mac=..&uuid=..&arch=..`` → ``GET /netboot/{publication}/{arch}/{name}``
 → the initramfs posts progress to ``POST /api/v1/netboot/report``. URLs in the scripts are built from
-the URL the machine used to reach the platform (it is reachable from there by construction).
-Only published, unpruned publications are served; bytes come from the blob cache, where they were
-stored only after their digests were checked.
+the configured ``public_base_url``, never from the request (its ``Host`` header is the caller's to
+choose). Only published, unpruned publications are served; bytes come from the blob cache, where they
+were stored only after their digests were checked. The boot files (``BOOT_FILES``: kernel, initramfs,
+root image, boot script) need no login, as a booting machine has none; every other artifact of a
+publication (rootfs.tar, disk images, SBOM, ...) needs a bearer token (any role).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -17,15 +18,20 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from diskci.errors import InvalidRequest, NotFound
-from diskci.platform.db.session import Database, get_database
+from diskci.platform.db.session import MAX_INTEGER, Database, get_database
+from diskci.platform.http.auth import authenticate_request
+from diskci.platform.http.jsonbody import parse_json_object
 from diskci.platform.services.blobcache import BlobCache
 from diskci.platform.services.netboot import (
+    BOOT_FILES,
+    REPORT_PATH,
     BootRequest,
     BootTarget,
     NetbootService,
     NotReady,
     boot_chain_script,
     boot_script,
+    error_script,
     parse_boot_request,
     retry_script,
 )
@@ -33,7 +39,6 @@ from diskci.platform.settings import PlatformSettings
 from diskci.supplychain.verified import ArtifactRecord
 
 IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
-MAX_REPORT_BYTES = 64 * 1024
 _DOWNLOAD_CHUNK = 1 << 20
 
 router = APIRouter(tags=["netboot"])
@@ -70,23 +75,18 @@ def _default_settings() -> PlatformSettings:
 StateDep = Annotated[_State, Depends(_State)]
 
 
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
-
-
 class _VerifiedFile(FileResponse):
     chunk_size = _DOWNLOAD_CHUNK
 
 
 @router.get("/boot.ipxe", response_class=PlainTextResponse, summary="iPXE entry script")
-async def boot_ipxe(request: Request) -> Response:
+async def boot_ipxe(state: StateDep) -> Response:
     """The script every machine's iPXE fetches first: it chains to this machine's own script."""
-    return Response(boot_chain_script(_base_url(request)), media_type=IPXE_MEDIA_TYPE)
+    return Response(boot_chain_script(state.settings.public_base_url), media_type=IPXE_MEDIA_TYPE)
 
 
 @router.get("/ipxe", response_class=PlainTextResponse, summary="iPXE script for one machine")
 async def ipxe(
-    request: Request,
     state: StateDep,
     mac: Annotated[str | None, Query(description="MAC address, iPXE's ${mac:hexhyp}")] = None,
     uuid: Annotated[str | None, Query(description="SMBIOS UUID, iPXE's ${uuid}")] = None,
@@ -99,13 +99,9 @@ async def ipxe(
     try:
         boot = parse_boot_request(mac, uuid, platform, arch)
     except InvalidRequest as exc:
-        return Response(
-            f"#!ipxe\necho diskci: bad request: {exc.message}\nshell\n",
-            status_code=400,
-            media_type=IPXE_MEDIA_TYPE,
-        )
+        return Response(error_script(exc.message), status_code=400, media_type=IPXE_MEDIA_TYPE)
     target = await _resolve(state, boot)
-    base = _base_url(request)
+    base = state.settings.public_base_url
     if isinstance(target, NotReady):
         return Response(retry_script(target.why, base, boot), media_type=IPXE_MEDIA_TYPE)
     return Response(boot_script(target, base, boot), media_type=IPXE_MEDIA_TYPE)
@@ -129,7 +125,12 @@ async def _resolve(state: _State, boot: BootRequest) -> BootTarget | NotReady:
 async def netboot_artifact(
     request: Request, state: StateDep, publication: int, arch: str, artifact: str
 ) -> Response:
-    """Stream one artifact of a published publication from the blob cache (Range and ETag honoured)."""
+    """Stream one artifact of a published publication from the blob cache (Range and ETag honoured).
+
+    The boot files need no login; any other artifact needs a bearer token."""
+    boot_file = artifact in BOOT_FILES
+    if not boot_file:
+        await authenticate_request(request)
 
     def lookup() -> ArtifactRecord:
         with state.database.read_session() as s:
@@ -146,7 +147,8 @@ async def netboot_artifact(
         return JSONResponse(
             {"error": "NotFound", "detail": f"blob sha256:{digest} is not in the blob cache"}, status_code=404
         )
-    headers = {"etag": etag, "cache-control": "public, max-age=31536000, immutable"}
+    visibility = "public" if boot_file else "private"
+    headers = {"etag": etag, "cache-control": f"{visibility}, max-age=31536000, immutable"}
     if_none_match = request.headers.get("if-none-match")
     if if_none_match and (
         if_none_match.strip() == "*" or etag in [t.strip() for t in if_none_match.split(",")]
@@ -159,29 +161,20 @@ async def netboot_artifact(
     )
 
 
-@router.post("/api/v1/netboot/report", summary="boot progress from a node's initramfs")
+@router.post(REPORT_PATH, summary="boot progress from a node's initramfs")
 async def netboot_report(
     request: Request,
     state: StateDep,
-    mac: Annotated[str | None, Query()] = None,
-    publication: Annotated[int | None, Query()] = None,
+    mac: Annotated[str | None, Query(max_length=64)] = None,
+    publication: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
 ) -> Response:
-    """Record a boot progress report (``fetched``, ``verified``, ``switching_root``, ``booted``, errors)."""
-    raw = await request.body()
-    if len(raw) > MAX_REPORT_BYTES:
-        return JSONResponse(
-            {"error": "PayloadTooLarge", "detail": f"report over {MAX_REPORT_BYTES} bytes"}, status_code=413
-        )
+    """Record a boot progress report (``fetched``, ``verified``, ``switching_root``, ``booted``, errors).
+
+    The body is at most ``MAX_REPORT_BYTES`` (refused with 413 before it is read)."""
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        return JSONResponse(
-            {"error": "InvalidRequest", "detail": "report: body is not JSON"}, status_code=400
-        )
-    if not isinstance(body, dict):
-        return JSONResponse(
-            {"error": "InvalidRequest", "detail": "report: expected a JSON object"}, status_code=400
-        )
+        body = parse_json_object(await request.body(), what="report")
+    except InvalidRequest as exc:
+        return JSONResponse({"error": "InvalidRequest", "detail": exc.message}, status_code=400)
 
     def record() -> dict[str, Any]:
         with state.database.session() as s:

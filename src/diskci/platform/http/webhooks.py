@@ -1,11 +1,12 @@
 """The ``disk_image_built`` webhook receiver: authenticated by HMAC only, never by a bearer token.
 
 Checks, in order, each answering with a clear message and creating nothing when it fails:
-  1. the body is at most ``webhook_max_body_bytes`` (1 MiB)                              → 413
+  1. the body is at most ``webhook_max_body_bytes`` (1 MiB; ``platform.http.limits``)    → 413
   2. an ``X-DiskCI-Signature-256: sha256=<hex>`` header is present                        → 401
   3. the delivery id is a UUID and the timestamp a Unix time                              → 400
   4. the timestamp is within ``webhook_tolerance_seconds`` (5 minutes) of now             → 401
-  5. the body is a JSON object naming a node platform that has a webhook                  → 400 / 401
+  5. the body is a JSON object (``platform.http.jsonbody``) naming a node platform that has
+     a webhook                                                                             → 400 / 401
   6. the signature is the HMAC-SHA256 of the raw body under the
      platform's current secret, or its previous one within the rotation grace (constant-time) → 401
   7. the payload matches the schema                                                        → 400
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -38,6 +38,7 @@ from diskci.platform.actions.events import record_event
 from diskci.platform.actions.webhooks import WEBHOOK_PATH, valid_secrets, webhook_for
 from diskci.platform.db.models import Task, TaskStatus, WebhookDelivery, utcnow
 from diskci.platform.db.session import Database
+from diskci.platform.http.jsonbody import parse_json
 from diskci.platform.secrets import SecretBox
 from diskci.platform.settings import PlatformSettings
 
@@ -50,10 +51,6 @@ PUBLICATION_TASK_KIND = "disk_image_publication"
 _SIGNATURE = re.compile(r"^sha256=([0-9a-f]{64})$")
 
 router = APIRouter(tags=["webhooks"])
-
-
-class BodyTooLarge(PlatformError):
-    http_status = 413
 
 
 class BadSignature(Unauthorized):
@@ -79,21 +76,6 @@ class QueueUnavailable(PlatformError):
 class Accepted(BaseModel):
     delivery_id: str
     task_id: str
-
-
-async def read_limited(request: Request, limit: int) -> bytes:
-    """The raw body, refusing more than ``limit`` bytes before reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"request body of {int(declared)} bytes exceeds the {limit}-byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _delivery_id(headers: Any) -> str:
@@ -132,9 +114,9 @@ def _signature(headers: Any) -> bytes:
 
 def _parse(body: bytes) -> dict[str, Any]:
     try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedDelivery(f"body is not JSON: {exc}") from exc
+        data = parse_json(body, what="body")
+    except InvalidRequest as exc:
+        raise MalformedDelivery(exc.message) from exc
     if not isinstance(data, dict):
         raise MalformedDelivery("body must be a JSON object")
     name = data.get("node_platform")
@@ -189,8 +171,7 @@ def _note_queued(
     responses={400: {}, 401: {}, 409: {}, 413: {}},
 )
 async def disk_image_built(request: Request) -> JSONResponse:
-    settings: PlatformSettings = request.app.state.settings
-    body = await read_limited(request, settings.webhook_max_body_bytes)
+    body = await request.body()  # at most webhook_max_body_bytes: the body limit refused the rest
     # The rest waits on the database and the queue: keep it off the event loop.
     accepted = await run_in_threadpool(_accept, request, body)
     return JSONResponse(status_code=202, content=accepted.model_dump())

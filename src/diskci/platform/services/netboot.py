@@ -9,6 +9,12 @@ refuses any other bytes. With no default yet the script says why and retries.
 
 Lookups are cached for ``cache_seconds`` (a netboot storm asks the same question thousands of times
 a second); a new default is seen within that time.
+
+The scripts are iPXE code, so nothing from a request reaches them unchecked: every URL starts from the
+configured ``public_base_url`` (never the request's ``Host``), the request's values must match a strict
+grammar (or the answer is a 400) and reach URLs only URL-encoded, text in ``echo`` lines keeps only
+characters iPXE gives no meaning to, and a publication whose kernel command line holds others is not
+booted. Only the files a node needs to boot (``BOOT_FILES``) are served without a login.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from diskci.platform.db.models import (
     NodePlatform,
     PublicationStatus,
 )
+from diskci.platform.db.session import MAX_INTEGER
 from diskci.supplychain.verified import ArtifactRecord
 
 # iPXE's ${buildarch} → diskci architecture. A BIOS iPXE is an i386 build that boots x86_64 kernels.
@@ -39,16 +46,24 @@ IPXE_ARCHES = {"x86_64": "amd64", "i386": "amd64", "arm64": "arm64"}
 KERNEL = "vmlinuz"
 INITRD = "initramfs.img"
 ROOT_IMAGE = "rootfs.img"
+BOOT_SCRIPT = "boot.ipxe"
+BOOT_FILES = frozenset({KERNEL, INITRD, ROOT_IMAGE, BOOT_SCRIPT})  # served without a login
+REPORT_PATH = "/api/v1/netboot/report"
+MAX_REPORT_BYTES = 64 * 1024
 RETRY_SECONDS = 30
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
+_UUID = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # iPXE's ${uuid}: an SMBIOS UUID
+_PLATFORM = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")  # a node platform name
 _SAFE = re.compile(r"[^A-Za-z0-9 ._:/=,+@()-]")
+_CMDLINE = re.compile(r"^[A-Za-z0-9 ._:/=,+@%~-]*$")  # kernel arguments iPXE passes on as they are
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def normalize_mac(mac: str) -> str:
     """``52-54-00-AB-CD-EF`` (iPXE's hexhyp) or colon form → ``52:54:00:ab:cd:ef``."""
     m = mac.strip().lower()
     if not _MAC.fullmatch(m):
-        raise InvalidRequest(f"mac: {mac!r} is not a MAC address (expected 52-54-00-12-34-56)")
+        raise InvalidRequest(f"mac: {mac[:40]!r} is not a MAC address (expected 52-54-00-12-34-56)")
     return m.replace("-", ":")
 
 
@@ -60,13 +75,18 @@ def architecture_for(buildarch: str) -> str:
         return IPXE_ARCHES[buildarch]
     except KeyError:
         raise InvalidRequest(
-            f"arch: iPXE build architecture {buildarch!r} is not supported (x86_64, i386, arm64)"
+            f"arch: iPXE build architecture {buildarch[:40]!r} is not supported (x86_64, i386, arm64)"
         ) from None
 
 
 def _ipxe_text(text: str) -> str:
     """Text safe inside an iPXE ``echo`` (no settings expansion, no command separators)."""
     return _SAFE.sub("_", text)
+
+
+def error_script(message: str) -> str:
+    """The script answering a bad request: it says what was wrong and stops at the iPXE shell."""
+    return f"#!ipxe\necho diskci: bad request: {_ipxe_text(message)}\nshell\n"
 
 
 def boot_chain_script(base_url: str) -> str:
@@ -124,6 +144,10 @@ def parse_boot_request(
         raise InvalidRequest("give ?mac= (from /boot.ipxe) or ?platform=")
     if not arch:
         raise InvalidRequest("arch: missing (iPXE's ${buildarch}, e.g. x86_64 or arm64)")
+    if uuid and not _UUID.fullmatch(uuid):
+        raise InvalidRequest(f"uuid: {uuid[:40]!r} is not an SMBIOS UUID (hex digits and hyphens)")
+    if platform and not _PLATFORM.fullmatch(platform):
+        raise InvalidRequest(f"platform: {platform[:40]!r} is not a node platform name")
     return BootRequest(
         mac=normalize_mac(mac) if mac else None,
         uuid=uuid or None,
@@ -133,8 +157,10 @@ def parse_boot_request(
 
 
 def boot_script(target: BootTarget, base_url: str, request: BootRequest) -> str:
+    if not _SHA256.fullmatch(target.root_sha256) or not _CMDLINE.fullmatch(target.cmdline):
+        raise ValueError(f"publication {target.publication_id}: not a bootable target")  # see _resolve
     files = f"{base_url}/netboot/{target.publication_id}/{target.arch}"
-    report = f"{base_url}/api/v1/netboot/report?publication={target.publication_id}"
+    report = f"{base_url}{REPORT_PATH}?publication={target.publication_id}"
     if request.mac:
         report += f"&mac={request.mac.replace(':', '-')}"
     cmdline = (
@@ -248,6 +274,11 @@ class NetbootService:
         root = arch_entry.file(ROOT_IMAGE)
         if missing or root is None:
             return NotReady(f"publication {pub.version} ({request.arch}) lacks {', '.join(missing)}")
+        if not _CMDLINE.fullmatch(arch_entry.cmdline) or not _SHA256.fullmatch(root.sha256):
+            return NotReady(
+                f"publication {pub.version} ({request.arch}) has a kernel command line with characters"
+                " iPXE would interpret: it is not booted"
+            )
         return BootTarget(
             platform=platform.name,
             publication_id=pub.id,
@@ -261,6 +292,8 @@ class NetbootService:
     @staticmethod
     def servable_file(session: Session, publication_id: int, arch: str, name: str) -> ArtifactRecord:
         """The verified record of one file, only from a published, unpruned publication."""
+        if not 1 <= publication_id <= MAX_INTEGER:
+            raise NotFound(f"publication {publication_id} is not published")
         pub = session.get(DiskImagePublication, publication_id)
         if pub is None or pub.status != PublicationStatus.PUBLISHED.value or pub.pruned_at is not None:
             raise NotFound(f"publication {publication_id} is not published")

@@ -12,8 +12,17 @@ state machine around that one verifier:
      index is the delivered ``manifest_digest``, its bundles verify against the policy, every
      architecture's manifest agrees with build.json, every blob enters the blob cache with its sha256
      and fs-verity digest checked), reading through a ``RegistryReader`` over the blob cache;
-  4. one transaction: ``published`` + ``disk_image_published`` with the verified artifacts.
+  4. read each architecture's composefs image (already in the blob cache, verified) into its listing
+     (``diskci.formats.composefs_diff``), what ``system_diff_disk_image_publications`` compares;
+  5. one transaction: ``published`` + ``disk_image_published`` with the verified artifacts, and the
+     listings (``DiskImageListing`` rows).
 A registry that cannot be reached is ``registry_unreachable`` once the queue's retries are spent.
+
+A listing is derived data, not a check: an image the reader refuses (``composefs_unreadable``) or whose
+listing is too large to keep (``listing_too_large``) does not fail the publication. Its row is stored
+without data but with the error, and a ``disk_image_listing_failed`` event carries the reason, so the
+gap is visible in the recent events and the diff action names it. An architecture without a composefs
+image gets no row.
 
 Idempotence: publications are unique per (platform, index digest). The row is claimed first (inserted
 as ``processing``, or taken over from ``processing``/``failed``); the final write is a compare-and-set
@@ -34,11 +43,21 @@ from pathlib import Path
 from typing import Any
 
 from sigstore.models import TrustedRoot
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from diskci.errors import NotFound, PlatformError, RegistryError, UsageError, VerificationFailed
+from diskci import mediatypes as mt
+from diskci.errors import (
+    FormatError,
+    NotFound,
+    PlatformError,
+    RegistryError,
+    UsageError,
+    VerificationFailed,
+)
+from diskci.formats import composefs_diff
 from diskci.platform.db.models import (
+    DiskImageListing,
     DiskImagePublication,
     Event,
     NodePlatform,
@@ -57,6 +76,7 @@ log = logging.getLogger(__name__)
 
 
 AUTHORITY_DIR = "authority"  # under the state directory: the embedded signing authority
+MAX_LISTING_BYTES = 32 << 20  # a listing stored per architecture (a Debian root's is about 0.5 MB)
 
 
 def registry_failure_reason(exc: RegistryError) -> str:
@@ -95,6 +115,18 @@ class DeliveryInfo:
     manifest_digest: str
     critical: bool
     source: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ArchListing:
+    """One architecture's listing as step 4 read it: ``data`` (encoded) or the ``reason`` and ``error``."""
+
+    architecture: str
+    composefs_sha256: str
+    entries: int = 0
+    data: bytes | None = None
+    reason: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -153,7 +185,8 @@ class DiskImagePublicationProcessor:
             return self._fail(claimed, info, reason, exc.message)
         except UsageError as exc:  # an unparsable reference
             return self._fail(claimed, info, "manifest_invalid", exc.message)
-        return self._publish(claimed, info, verified)
+        listings = self._listings(verified)  # 4. the composefs listings
+        return self._publish(claimed, info, verified, listings)
 
     # --- database steps --------------------------------------------------------------------------
     def _load(self, delivery_id: str) -> DeliveryInfo:
@@ -236,8 +269,10 @@ class DiskImagePublicationProcessor:
             .values(publication_id=pub_id)
         )
 
-    def _publish(self, pub_id: int, info: DeliveryInfo, v: Verification) -> Outcome:
-        # 4. One transaction: the row becomes published and the event is added. Compare-and-set: from
+    def _publish(
+        self, pub_id: int, info: DeliveryInfo, v: Verification, listings: list[ArchListing]
+    ) -> Outcome:
+        # 5. One transaction: the row becomes published and the event is added. Compare-and-set: from
         # processing, or from failed (a concurrent consumer's failure loses to a complete verification).
         now = datetime.now(UTC)
         with self.database.session() as s:
@@ -282,8 +317,39 @@ class DiskImagePublicationProcessor:
                         },
                     )
                 )
+                self._store_listings(s, pub_id, info, listings)
             status = s.scalar(select(DiskImagePublication.status).where(DiskImagePublication.id == pub_id))
         return Outcome(pub_id, str(status), duplicate=not changed)
+
+    @staticmethod
+    def _store_listings(s: Any, pub_id: int, info: DeliveryInfo, listings: list[ArchListing]) -> None:
+        s.execute(delete(DiskImageListing).where(DiskImageListing.publication_id == pub_id))
+        for item in listings:
+            s.add(
+                DiskImageListing(
+                    publication_id=pub_id,
+                    architecture=item.architecture,
+                    composefs_sha256=item.composefs_sha256,
+                    entries=item.entries,
+                    data=item.data,
+                    error=item.error,
+                )
+            )
+            if item.reason is not None:
+                s.add(
+                    Event(
+                        type="disk_image_listing_failed",
+                        platform_id=info.platform_id,
+                        subject=f"{info.platform}:{info.version}",
+                        reason=item.reason,
+                        payload={
+                            "publication_id": pub_id,
+                            "architecture": item.architecture,
+                            "composefs_sha256": item.composefs_sha256,
+                            "detail": (item.error or "")[:2000],
+                        },
+                    )
+                )
 
     def _fail(self, pub_id: int, info: DeliveryInfo, reason: str, detail: str) -> Outcome:
         log.warning("publication %s:%s failed: %s: %s", info.platform, info.version, reason, detail)
@@ -336,6 +402,29 @@ class DiskImagePublicationProcessor:
             architectures=tuple(info.architectures),
         )
         return verifier.verify(reader, expect)
+
+    def _listings(self, v: Verification) -> list[ArchListing]:
+        """Step 4: each architecture's composefs image (a verified blob in the cache) as its listing."""
+        out: list[ArchListing] = []
+        for arch, files in v.artifacts.root.items():
+            image = next((f for f in files.artifacts if f.media_type == mt.COMPOSEFS_IMAGE), None)
+            if image is None:
+                continue
+            path = self.blobs.path(image.sha256)
+            try:
+                entries = composefs_diff.read_listing(path)
+                data = composefs_diff.encode(entries)
+            except (FormatError, OSError) as exc:
+                text = str(exc).replace(str(path), f"{arch}/{image.name}")
+                log.warning("%s/%s: no listing: %s", arch, image.name, text)
+                out.append(ArchListing(arch, image.sha256, reason="composefs_unreadable", error=text))
+                continue
+            if len(data) > MAX_LISTING_BYTES:
+                error = f"{arch}/{image.name}: listing of {len(data)} bytes, more than {MAX_LISTING_BYTES}"
+                out.append(ArchListing(arch, image.sha256, reason="listing_too_large", error=error))
+                continue
+            out.append(ArchListing(arch, image.sha256, entries=len(entries), data=data))
+        return out
 
     def _trusted_root(self, info: DeliveryInfo) -> TrustedRoot:
         if info.trusted_root is None:
