@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from loopback import free_port
 
 from diskci import mediatypes as mt
 from diskci.manifest import Artifact, BuildManifest
@@ -17,12 +17,6 @@ from diskci.supplychain.authority import SigningAuthority
 from polling import http_ok, wait_until
 
 ISSUER = "https://git.example.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RegistryServer:
@@ -46,7 +40,7 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
         )
     root = tmp_path_factory.mktemp("registry")
     storage = root / "storage"
-    port = _free_port()
+    port = free_port()
     config = root / "config.yml"
     config.write_text(
         "version: 0.1\n"

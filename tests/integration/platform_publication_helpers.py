@@ -15,6 +15,8 @@ from diskci.formats.fstree import Node
 from diskci.manifest import Artifact, BuildManifest
 from diskci.platform.db.models import NodePlatform, WebhookDelivery
 from diskci.platform.db.session import Database
+from diskci.platform.services.blobcache import BlobCache
+from diskci.platform.services.publication_processor import DiskImagePublicationProcessor
 from diskci.registry.push import PushResult, push_publication
 from diskci.supplychain.authority import SigningAuthority
 from diskci.supplychain.bundle import sign_publication
@@ -99,6 +101,19 @@ def sign_and_push(
     sign_publication(build_dir, authority=authority, identity=identity, issuer=issuer)
     ref = f"{repository}:{build.version}"
     return Published(build_dir, build, push_publication(build_dir, ref), ref)
+
+
+def repository_for(registry: str, test_name: str) -> str:
+    """A repository of its own on ``registry`` for the test named ``test_name``."""
+    name = test_name.lower().replace("[", "-").replace("]", "").replace("_", "-")
+    return f"{registry}/ops/disk-images/{name}"
+
+
+def make_processor(database: Database, blobs: BlobCache, tmp_path: Path) -> DiskImagePublicationProcessor:
+    """A processor on ``database`` and ``blobs`` with no signing authority of its own."""
+    return DiskImagePublicationProcessor(
+        database=database, blobs=blobs, authority_dir=tmp_path / "no-authority"
+    )
 
 
 def make_platform(

@@ -4,9 +4,6 @@ sessions) and stdio on ``diskci platform mcp --token-name`` (read-only mode)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,33 +18,20 @@ from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp_types import ElicitResult
+from served_platform import platform_serve, serve_env
 from sqlalchemy import select
 
 from diskci.platform.actions.catalog import load_all
 from diskci.platform.actions.tokens import create_token
 from diskci.platform.db.models import ApiToken, Role
 from diskci.platform.db.session import Database
-from polling import http_ok, wait_until
 
 SECRET_KEY = "mcp-test-key-" + "m" * 40
 REVOKE = "system_revoke_api_token"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _env(state: Path) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "DISKCI_STATE_DIR": str(state),
-        "DISKCI_SECRET_KEY": SECRET_KEY,
-        "DISKCI_QUEUE_URL": f"sqlite:///{state / 'queue.db'}",
-    }
-    env.pop("DISKCI_DATABASE_URL", None)
-    return env
+    return serve_env(state, SECRET_KEY)
 
 
 def _tokens(state: Path) -> dict[str, str]:
@@ -80,44 +64,10 @@ def _revoked(state: Path, name: str) -> bool:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """``diskci platform serve`` on a free port: its base URL, state directory and bearer tokens by name."""
-    port = _free_port()
     state = tmp_path / "state"
     tokens = _tokens(state)
-    log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "diskci.cli.main",
-                "platform",
-                "serve",
-                "--port",
-                str(port),
-                "--no-consumer",
-            ],
-            env=_env(state),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def serving() -> bool:
-            if http_ok(f"{base}/healthz"):
-                return True
-            assert proc.poll() is None, log_path.read_text()
-            return False
-
-        wait_until(serving, 30, what="serve to come up")
-        yield base, state, tokens
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with platform_serve(_env(state), tmp_path / "serve.log", consumer=False) as server:
+        yield server.base, state, tokens
 
 
 def _over_http(

@@ -10,16 +10,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from netboot_support import HEXHYP, MAC, add_platform_with_node, add_publication
 from sqlalchemy import select
 
-from diskci.platform.db.models import DiskImagePublication, Event, NodeInstance, NodePlatform
+from diskci.platform.db.models import DiskImagePublication, Event, NodeInstance
 from diskci.platform.db.session import Database
 from diskci.platform.services.blobcache import BlobCache
 from diskci.platform.services.netboot import NetbootService
 from diskci.platform.settings import PlatformSettings
-
-MAC = "52:54:00:12:34:56"
-HEXHYP = MAC.replace(":", "-")
 
 
 @pytest.fixture
@@ -40,18 +38,7 @@ def blobs(platform_settings: PlatformSettings) -> BlobCache:
 
 @pytest.fixture
 def platform_id(platform_db: Database) -> int:
-    with platform_db.session() as s:
-        p = NodePlatform(
-            name="debian-12-amd64",
-            architectures=["amd64"],
-            registry_repository="127.0.0.1:5000/ops/disk-images/debian-12-amd64",
-            cosign_identity_regexp="https://git.example.com/.*",
-            cosign_oidc_issuer="https://git.example.com",
-        )
-        s.add(p)
-        s.flush()
-        s.add(NodeInstance(hostname="node-1", mac_addresses=[MAC], platform_id=p.id))
-        return p.id
+    return add_platform_with_node(platform_db)
 
 
 def _publication(
@@ -62,39 +49,11 @@ def _publication(
         "initramfs.img": os.urandom(70_000),
         "rootfs.img": os.urandom(300_000),
     }
-    records = []
-    for name, data in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        blobs.put_bytes(digest, data)
-        records.append(
-            {
-                "name": name,
-                "media_type": "application/octet-stream",
-                "size": len(data),
-                "sha256": digest,
-                "fsverity": None,
-                "digest": f"sha256:{digest}",
-            }
-        )
-    with database.session() as s:
-        pub = DiskImagePublication(
-            platform_id=platform_id,
-            version=version,
-            reference=f"127.0.0.1:5000/ops/disk-images/debian-12-amd64:{version}",
-            manifest_digest="sha256:" + hashlib.sha256(version.encode()).hexdigest(),
-            status=status,
-            pruned_at=datetime.now(UTC) if status == "pruned" else None,
-            artifacts={
-                "amd64": {
-                    "manifest_digest": "sha256:" + "1" * 64,
-                    "cmdline": "console=ttyS0 quiet",
-                    "artifacts": records,
-                }
-            },
-        )
-        s.add(pub)
-        s.flush()
-        return pub.id, files
+    manifest_digest = "sha256:" + hashlib.sha256(version.encode()).hexdigest()
+    pub_id = add_publication(
+        database, blobs, platform_id, files, version=version, manifest_digest=manifest_digest, status=status
+    )
+    return pub_id, files
 
 
 def _set_default(client: Any, headers: dict[str, str], publication_id: int) -> Any:
@@ -226,35 +185,36 @@ def test_missing_blob_is_not_found_not_an_error(
 
 
 def test_boot_report_updates_the_node_and_records_an_event(
-    client: Any, platform_db: Database, platform_id: int
+    client: Any, platform_db: Database, blobs: BlobCache, platform_id: int
 ) -> None:
-    r = client.post(f"/api/v1/netboot/report?publication=7&mac={HEXHYP}", json={"status": "verified"})
-    assert r.status_code == 202 and r.json() == {"node": "node-1", "status": "verified"}
+    pub_id, _ = _publication(platform_db, blobs, platform_id, "1.0.0")
+    r = client.post(f"/api/v1/netboot/report?publication={pub_id}&mac={HEXHYP}", json={"status": "verified"})
+    assert r.status_code == 202 and r.json() == {"status": "verified"}
     r = client.post(
-        "/api/v1/netboot/report", json={"event": "failed", "reason": "sha256_mismatch", "mac": MAC}
+        f"/api/v1/netboot/report?publication={pub_id}",
+        json={"event": "error", "reason": "sha256_mismatch", "mac": MAC},
     )
     assert r.status_code == 202
     with platform_db.read_session() as s:
         node = s.scalar(select(NodeInstance).where(NodeInstance.hostname == "node-1"))
         assert node is not None
-        assert node.status == "failed" and node.last_report is not None
+        assert node.status == "error" and node.last_report is not None
         assert node.last_report["reason"] == "sha256_mismatch" and node.last_seen is not None
         events = list(s.scalars(select(Event).where(Event.type == "netboot_report").order_by(Event.id)))
         assert [(e.subject, e.reason) for e in events] == [
             ("node-1", "verified"),
             ("node-1", "sha256_mismatch"),
         ]
-        assert events[0].payload["publication"] == 7
-    assert client.post("/api/v1/netboot/report", content=b"not json").status_code == 400
-    assert client.post("/api/v1/netboot/report", json={"status": "booted"}).status_code == 400  # no MAC
-    assert (
-        client.post("/api/v1/netboot/report?mac=52-54-00-00-00-01", json={"status": "x"}).status_code == 404
-    )
-    assert (
-        client.post(f"/api/v1/netboot/report?mac={HEXHYP}", json={"status": "Not A Word!"}).status_code == 400
-    )
+        assert events[0].payload["publication"] == pub_id
+    report = f"/api/v1/netboot/report?publication={pub_id}"
+    assert client.post(report, content=b"not json").status_code == 400
+    assert client.post(report, json={"status": "booted"}).status_code == 400  # no MAC
+    # an unknown MAC is answered as a known one is (nothing is stored)
+    r = client.post(f"{report}&mac=52-54-00-00-00-01", json={"status": "booted"})
+    assert r.status_code == 202 and r.json() == {"status": "booted"}
+    assert client.post(f"{report}&mac={HEXHYP}", json={"status": "Not A Word!"}).status_code == 400
     big = {"status": "fetched", "detail": "x" * 70_000}
-    assert client.post(f"/api/v1/netboot/report?mac={HEXHYP}", json=big).status_code == 413
+    assert client.post(f"{report}&mac={HEXHYP}", json=big).status_code == 413
 
 
 def test_script_cache_serves_a_storm_without_the_database(

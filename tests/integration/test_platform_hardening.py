@@ -5,14 +5,12 @@ input and strict input types, and private state files."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,19 +19,18 @@ from typing import Any
 
 import anyio
 import pytest
+from netboot_support import HEXHYP, add_platform_with_node, add_publication
+from served_platform import admin_token, platform_serve, serve_env
 from typer.testing import CliRunner
 
 from diskci.errors import Forbidden, InvalidRequest, UsageError
 from diskci.platform.actions.catalog import invoke
-from diskci.platform.db.models import DiskImagePublication, NodeInstance, NodePlatform, Role
+from diskci.platform.db.models import Role
 from diskci.platform.db.session import Database
 from diskci.platform.services.blobcache import BlobCache
 from diskci.platform.services.netboot import NetbootService
 from diskci.platform.settings import InsecureSettings, PlatformSettings
-from polling import http_ok, wait_until
 
-MAC = "52:54:00:12:34:56"
-HEXHYP = MAC.replace(":", "-")
 BASE = "http://127.0.0.1:8480"  # the public_base_url of the platform_settings fixture
 MiB = 1024 * 1024
 NEW_PLATFORM = {
@@ -67,18 +64,7 @@ def client(platform_app: Any, platform_client: Any) -> Any:
 
 @pytest.fixture
 def platform_id(platform_db: Database) -> int:
-    with platform_db.session() as s:
-        p = NodePlatform(
-            name="debian-12-amd64",
-            architectures=["amd64"],
-            registry_repository="127.0.0.1:5000/ops/disk-images/debian-12-amd64",
-            cosign_identity_regexp="https://git.example.com/.*",
-            cosign_oidc_issuer="https://git.example.com",
-        )
-        s.add(p)
-        s.flush()
-        s.add(NodeInstance(hostname="node-1", mac_addresses=[MAC], platform_id=p.id))
-        return p.id
+    return add_platform_with_node(platform_db)
 
 
 def _publication(
@@ -91,46 +77,20 @@ def _publication(
 ) -> tuple[int, dict[str, bytes]]:
     names = ("vmlinuz", "initramfs.img", "rootfs.img", "boot.ipxe", *extra)
     files = {name: os.urandom(4096) for name in names}
-    records = []
-    for name, data in files.items():
-        digest = hashlib.sha256(data).hexdigest()
-        blobs.put_bytes(digest, data)
-        records.append(
-            {
-                "name": name,
-                "media_type": "application/octet-stream",
-                "size": len(data),
-                "sha256": digest,
-                "fsverity": None,
-                "digest": f"sha256:{digest}",
-            }
-        )
-    with database.session() as s:
-        pub = DiskImagePublication(
-            platform_id=platform_id,
-            version="1.0.0",
-            reference="127.0.0.1:5000/ops/disk-images/debian-12-amd64:1.0.0",
-            manifest_digest="sha256:" + "2" * 64,
-            status="published",
-            artifacts={
-                "amd64": {"manifest_digest": "sha256:" + "1" * 64, "cmdline": cmdline, "artifacts": records}
-            },
-        )
-        s.add(pub)
-        s.flush()
-        platform = s.get(NodePlatform, platform_id)
-        assert platform is not None
-        platform.default_publication_id = pub.id
-        return pub.id, files
+    pub_id = add_publication(
+        database,
+        blobs,
+        platform_id,
+        files,
+        version="1.0.0",
+        manifest_digest="sha256:" + "2" * 64,
+        cmdline=cmdline,
+        make_default=True,
+    )
+    return pub_id, files
 
 
 # --- 1. bodies are limited as they stream, and the token comes before the body -------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _peak_rss_kib(pid: int) -> int:
@@ -167,45 +127,17 @@ def _post_huge(
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[int, int, str]]:
     """A real ``diskci platform serve`` (uvicorn, SQLite): its port, pid and an admin token."""
-    from diskci.platform.actions.tokens import create_token
-
-    port = _free_port()
     state = tmp_path / "state"
-    env = {**os.environ, "DISKCI_STATE_DIR": str(state), "DISKCI_SECRET_KEY": "hardening-" + "h" * 40}
-    for var in ("DISKCI_DATABASE_URL", "DISKCI_QUEUE_URL"):
-        env.pop(var, None)
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "diskci.cli.main",
-                "platform",
-                "serve",
-                "--port",
-                str(port),
-                "--no-consumer",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        def serving() -> bool:
-            assert proc.poll() is None, log.read_text()
-            return http_ok(f"http://127.0.0.1:{port}/healthz")
-
-        wait_until(serving, 30, what="platform serve to come up", detail=log.read_text)
-        db = Database(f"sqlite:///{state / 'platform.db'}")
-        with db.session() as s:
-            token = create_token(s, "root", Role.ADMIN, actor="test").token
-        db.dispose()
-        yield port, proc.pid, token
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    env = serve_env(state, "hardening-" + "h" * 40, queue_in_state=False)
+    with platform_serve(
+        env,
+        tmp_path / "serve.log",
+        consumer=False,
+        what="platform serve to come up",
+        stop_signal=signal.SIGTERM,
+        stop_timeout=30,
+    ) as server:
+        yield server.port, server.proc.pid, admin_token(state)
 
 
 def test_huge_bodies_are_refused_quickly_without_being_buffered(served: tuple[int, int, str]) -> None:

@@ -4,64 +4,26 @@ queue consumer picking up a webhook delivery; SIGINT shuts it down cleanly."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+from loopback import free_port
+from served_platform import admin_token, platform_serve, serve_env
 
 from diskci.notify import sign_body
-from diskci.platform.actions.tokens import create_token
-from diskci.platform.db.models import Role
-from diskci.platform.db.session import Database
-from polling import http_ok, wait_until
+from polling import wait_until
 
 SECRET_KEY = "serve-test-key-" + "s" * 40
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_runs_api_and_consumer(tmp_path: Path) -> None:
-    port = _free_port()
     state = tmp_path / "state"
-    env = {
-        **os.environ,
-        "DISKCI_STATE_DIR": str(state),
-        "DISKCI_SECRET_KEY": SECRET_KEY,
-        "DISKCI_QUEUE_URL": f"sqlite:///{state / 'queue.db'}",
-    }
-    env.pop("DISKCI_DATABASE_URL", None)
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "diskci.cli.main", "platform", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def serving() -> bool:
-            if http_ok(f"{base}/healthz"):
-                return True
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            return False
-
-        wait_until(serving, 30, what="serve to come up")
-        db = Database(f"sqlite:///{state / 'platform.db'}")  # migrated by serve at start
-        with db.session() as s:
-            token = create_token(s, "root", Role.ADMIN, actor="test").token
-        db.dispose()
+    with platform_serve(serve_env(state, SECRET_KEY), tmp_path / "serve.log", stop_timeout=30) as server:
+        base = server.base
+        token = admin_token(state)  # platform.db migrated by serve at start
         auth = {"Authorization": f"Bearer {token}"}
         r = httpx.post(
             f"{base}/api/v1/system_create_node_platform",
@@ -70,7 +32,7 @@ def test_serve_runs_api_and_consumer(tmp_path: Path) -> None:
                 "name": "debian-12-amd64",
                 "architectures": ["amd64"],
                 # Nothing listens here: the processor will find the registry unreachable.
-                "registry_repository": f"127.0.0.1:{_free_port()}/ops/disk-images/debian-12-amd64",
+                "registry_repository": f"127.0.0.1:{free_port()}/ops/disk-images/debian-12-amd64",
                 "cosign_identity_regexp": r"^https://ci\.example/.+$",
                 "cosign_oidc_issuer": "https://ci.example",
             },
@@ -111,12 +73,4 @@ def test_serve_runs_api_and_consumer(tmp_path: Path) -> None:
             started_task, 30, interval=0.2, what="the task to start", detail=lambda: f"task: {get_task()}"
         )
         assert task["payload"] == {"delivery_id": headers["X-DiskCI-Delivery"]}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            log.close()
-    assert code == 0, (tmp_path / "serve.log").read_text()
+    assert server.returncode == 0, (tmp_path / "serve.log").read_text()

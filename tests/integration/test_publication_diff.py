@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from platform_publication_helpers import deliver, make_netboot_build, make_platform, sign_and_push
+from platform_publication_helpers import (
+    deliver,
+    make_netboot_build,
+    make_platform,
+    make_processor,
+    repository_for,
+    sign_and_push,
+)
 from sqlalchemy import select
 
 from diskci.errors import InvalidRequest, NotFound
@@ -29,15 +36,12 @@ PLATFORM = "debian-12-amd64"
 
 @pytest.fixture
 def repository(registry: str, request: pytest.FixtureRequest) -> str:
-    name = request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")
-    return f"{registry}/ops/disk-images/{name}"
+    return repository_for(registry, request.node.name)
 
 
 @pytest.fixture
 def processor(platform_db: Database, tmp_path: Path) -> DiskImagePublicationProcessor:
-    return DiskImagePublicationProcessor(
-        database=platform_db, blobs=BlobCache(tmp_path / "blobs"), authority_dir=tmp_path / "no-authority"
-    )
+    return make_processor(platform_db, BlobCache(tmp_path / "blobs"), tmp_path)
 
 
 @pytest.fixture

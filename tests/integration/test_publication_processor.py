@@ -23,6 +23,8 @@ from platform_publication_helpers import (
     deliver,
     make_netboot_build,
     make_platform,
+    make_processor,
+    repository_for,
     sign_and_push,
 )
 from sqlalchemy import func, select
@@ -44,8 +46,7 @@ PLATFORM = "debian-12-amd64"
 @pytest.fixture
 def repository(registry: str, request: pytest.FixtureRequest) -> str:
     """A repository of its own for each test (``authority`` and ``registry`` come from conftest)."""
-    name = request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")
-    return f"{registry}/ops/disk-images/{name}"
+    return repository_for(registry, request.node.name)
 
 
 @pytest.fixture
@@ -55,9 +56,7 @@ def blobs(tmp_path: Path) -> BlobCache:
 
 @pytest.fixture
 def processor(platform_db: Database, blobs: BlobCache, tmp_path: Path) -> DiskImagePublicationProcessor:
-    return DiskImagePublicationProcessor(
-        database=platform_db, blobs=blobs, authority_dir=tmp_path / "no-authority"
-    )
+    return make_processor(platform_db, blobs, tmp_path)
 
 
 @pytest.fixture
