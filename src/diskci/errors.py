@@ -40,6 +40,7 @@ checks that this drawing and the classes agree:
         ├── PortUnavailable          (platform.ports) 503: the adapter was not given a port it needs
         ├── PreviewNotAvailable      (platform.actions.retention)
         ├── QueueUnavailable         (platform.http.webhooks) 503
+        ├── RateLimited              (platform.services.ratelimit) 429, with ``retry_after`` seconds
         ├── RetryLater               (platform.services.publication_processor) 503: a transient failure
         ├── SecretDecryptionFailed   (platform.secrets) the secret key changed, or the value was altered
         ├── NotFound                 404

@@ -1,34 +1,42 @@
-"""``diskci notify``: tell the platform a publication exists, with an HMAC-signed webhook POST.
+"""``diskci notify``: tell the platform a publication exists, with a signed webhook POST.
 
 Public API: ``DiskImageBuilt`` (the payload, documented in ``docs/webhook-payload.schema.json``),
-``sign_body(secret, body)``, ``send_notification(url, secret, payload) -> Delivery``.
+``signing_key(secret)``, ``sign_delivery(secret, delivery_id, timestamp, body)``,
+``send_notification(url, secret, payload) -> Delivery``.
 
-Headers: ``X-DiskCI-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``,
-``X-DiskCI-Delivery: <uuid4>`` (the same on every retry of one delivery, so the receiver can drop
-duplicates) and ``X-DiskCI-Timestamp: <unix seconds>``. 5xx answers and connection errors are retried
-with exponential back-off; a 4xx answer fails at once with the server's message.
+Signed with the Standard Webhooks scheme (https://www.standardwebhooks.com, the ``standardwebhooks``
+library): ``webhook-id: <uuid4>`` (the same on every retry of one delivery, so the receiver can drop
+duplicates), ``webhook-timestamp: <unix seconds>`` and ``webhook-signature: v1,<base64 HMAC-SHA256 of
+"<id>.<timestamp>.<body>">`` — the id and the timestamp are signed with the body, so a captured delivery
+cannot be sent again under a new id or time. The key is the secret the platform provisioned
+(``signing_key``: a ``whsec_<base64>`` secret is decoded, any other is used as its UTF-8 bytes). 5xx
+answers and connection errors are retried with exponential back-off; a 4xx answer fails at once with
+the server's message.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
+import binascii
 import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
+from standardwebhooks import Webhook
 
 from diskci.errors import NotifyError
 from diskci.mediatypes import WEBHOOK_SCHEMA
 
 log = logging.getLogger("diskci.notify")
-SIGNATURE_HEADER = "X-DiskCI-Signature-256"
-DELIVERY_HEADER = "X-DiskCI-Delivery"
-TIMESTAMP_HEADER = "X-DiskCI-Timestamp"
+SIGNATURE_HEADER = "webhook-signature"
+DELIVERY_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+SECRET_PREFIX = "whsec_"
 
 
 class SourceRef(BaseModel):
@@ -61,9 +69,34 @@ class Delivery:
     response: str
 
 
-def sign_body(secret: bytes, body: bytes) -> str:
-    """The ``X-DiskCI-Signature-256`` header value for ``body``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def signing_key(secret: str | bytes) -> bytes:
+    """The HMAC key of a webhook secret: a Standard Webhooks ``whsec_<base64>`` secret decoded, any
+    other secret (what ``provision_disk_image_webhook`` generates) as its UTF-8 bytes."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    if raw.startswith(SECRET_PREFIX.encode()):
+        try:
+            text = raw[len(SECRET_PREFIX) :]
+            raw = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+        except binascii.Error as exc:
+            raise NotifyError(f"the {SECRET_PREFIX} webhook secret is not base64: {exc}") from None
+    if not raw:
+        raise NotifyError("the webhook secret is empty")
+    return raw
+
+
+def signature(secret: str | bytes, delivery_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` value (``v1,<base64>``) of one delivery (Standard Webhooks)."""
+    signed_at = datetime.fromtimestamp(timestamp, UTC)
+    return Webhook(signing_key(secret)).sign(delivery_id, signed_at, body.decode())
+
+
+def sign_delivery(secret: str | bytes, delivery_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three Standard Webhooks headers of one delivery of ``body``."""
+    return {
+        DELIVERY_HEADER: delivery_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        SIGNATURE_HEADER: signature(secret, delivery_id, timestamp, body),
+    }
 
 
 def _server_message(resp: httpx.Response) -> str:
@@ -106,9 +139,7 @@ def send_notification(
         for attempt in range(1, attempts + 1):
             headers = {
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign_body(secret, body),
-                DELIVERY_HEADER: delivery_id,
-                TIMESTAMP_HEADER: str(int(time.time())),
+                **sign_delivery(secret, delivery_id, int(time.time()), body),
                 "User-Agent": "diskci-notify",
             }
             try:

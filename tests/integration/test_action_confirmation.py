@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from diskci.platform.actions.catalog import ConfirmationRequired, invoke
 from diskci.platform.actions.tokens import create_token
-from diskci.platform.db.models import Role
+from diskci.platform.db.models import ApiToken, Event, Role
 from diskci.platform.db.session import Database
 from diskci.platform.ports import Ports, PortUnavailable
 from diskci.platform.settings import PlatformSettings
@@ -30,12 +31,83 @@ def test_invoke_refuses_an_unconfirmed_destructive_action(
     assert _revoke(platform_db, platform_settings, confirmed=True).revoked_at is not None
 
 
-def test_http_route_is_the_confirmation_and_says_so(platform_app: Any) -> None:
+@pytest.mark.filterwarnings("ignore:Duplicate Operation ID:UserWarning")  # the netboot GET+HEAD route
+def test_http_destructive_route_documents_the_two_steps(platform_app: Any) -> None:
     routes = {r.path: r for r in platform_app.routes if hasattr(r, "description")}
     revoke = routes["/api/v1/system_revoke_api_token"]
     assert revoke.openapi_extra["x-diskci-destructive"] is True
-    assert "Calling this route is the confirmation" in revoke.description
+    assert "confirmed in two steps" in revoke.description and "X-Diskci-Confirmation" in revoke.description
+    assert revoke.openapi_extra["parameters"][0]["name"] == "X-Diskci-Confirmation"
+    assert 428 in revoke.responses
     assert "confirmation" not in routes["/api/v1/system_list_node_platforms"].description
+    doc = platform_app.openapi()["paths"]["/api/v1/system_revoke_api_token"]["post"]
+    assert "428" in doc["responses"] and doc["parameters"][0]["in"] == "header"
+
+
+def _revoked(db: Database, name: str) -> bool:
+    with db.read_session() as s:
+        return s.scalar(select(ApiToken.revoked_at).where(ApiToken.name == name)) is not None
+
+
+def _events(db: Database) -> list[tuple[str, str | None, str | None]]:
+    with db.read_session() as s:
+        rows = s.scalars(select(Event).where(Event.type.like("confirmation_%")).order_by(Event.id))
+        return [(e.type, e.reason, (e.payload or {}).get("actor")) for e in rows]
+
+
+def test_http_destructive_call_is_confirmed_with_its_one_time_id(
+    platform_client: Any, platform_db: Database, make_token: Any
+) -> None:
+    admin = {"Authorization": f"Bearer {make_token('admin', 'root')}"}
+    other = {"Authorization": f"Bearer {make_token('admin', 'other')}"}
+    make_token("viewer", "victim")
+    make_token("viewer", "victim2")
+    url = "/api/v1/system_revoke_api_token"
+    r = platform_client.post(url, headers=admin, json={"name": "victim"})
+    assert r.status_code == 428, r.text
+    body = r.json()
+    assert body["error"] == "ConfirmationRequired" and body["action"] == "system_revoke_api_token"
+    assert body["arguments"] == {"name": "victim"} and "X-Diskci-Confirmation" in body["detail"]
+    assert body["confirmation_id"].startswith("cfm_") and body["expires_at"]
+    assert not _revoked(platform_db, "victim")  # nothing was done
+    cid = body["confirmation_id"]
+    # Another caller, or other arguments, is refused; the foreign try leaves the id usable.
+    r = platform_client.post(url, headers={**other, "X-Diskci-Confirmation": cid}, json={"name": "victim"})
+    assert r.status_code == 403 and r.json()["error"] == "ConfirmationRefused"
+    assert not _revoked(platform_db, "victim")
+    r = platform_client.post(url, headers={**admin, "X-Diskci-Confirmation": cid}, json={"name": "victim"})
+    assert r.status_code == 200 and r.json()["revoked_at"] is not None
+    # Replayed: refused, nothing changes.
+    r = platform_client.post(url, headers={**admin, "X-Diskci-Confirmation": cid}, json={"name": "victim"})
+    assert r.status_code == 403 and "already used" in r.json()["detail"]
+    # Changed arguments: refused, and victim2 stays.
+    cid2 = platform_client.post(url, headers=admin, json={"name": "victim"}).json()["confirmation_id"]
+    r = platform_client.post(url, headers={**admin, "X-Diskci-Confirmation": cid2}, json={"name": "victim2"})
+    assert r.status_code == 403 and "other arguments" in r.json()["detail"]
+    assert not _revoked(platform_db, "victim2")
+    r = platform_client.post(url, headers={**admin, "X-Diskci-Confirmation": "cfm_nope"}, json={"name": "x"})
+    assert r.status_code == 403 and "no confirmation" in r.json()["detail"]
+    assert _events(platform_db) == [
+        ("confirmation_requested", None, "token:root"),
+        ("confirmation_refused", "foreign", "token:other"),
+        ("confirmation_accepted", None, "token:root"),
+        ("confirmation_refused", "replayed", "token:root"),
+        ("confirmation_requested", None, "token:root"),
+        ("confirmation_refused", "changed", "token:root"),
+        ("confirmation_refused", "unknown", "token:root"),
+    ]
+
+
+def test_http_destructive_call_checks_role_and_input_before_issuing(
+    platform_client: Any, platform_db: Database, make_token: Any
+) -> None:
+    viewer = {"Authorization": f"Bearer {make_token('viewer')}"}
+    admin = {"Authorization": f"Bearer {make_token('admin')}"}
+    url = "/api/v1/system_revoke_api_token"
+    assert platform_client.post(url, headers=viewer, json={"name": "x"}).status_code == 403
+    r = platform_client.post(url, headers=admin, json={"nom": "x"})
+    assert r.status_code == 400 and r.json()["error"] == "InvalidRequest"
+    assert _events(platform_db) == []
 
 
 def test_ports_without_a_queue_name_the_missing_port() -> None:

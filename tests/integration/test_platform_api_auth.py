@@ -85,7 +85,11 @@ def test_revoked_token_stops_working(platform_client: Any, make_token: Any) -> N
         platform_client.post("/api/v1/system_get_instance_stats", headers=bearer(victim_token)).status_code
         == 200
     )
+    # Destructive: the first call answers 428 with a confirmation id, the repeated call with it acts.
     r = platform_client.post("/api/v1/system_revoke_api_token", headers=admin, json={"name": "victim"})
+    assert r.status_code == 428 and r.json()["error"] == "ConfirmationRequired"
+    confirm = {**admin, "X-Diskci-Confirmation": r.json()["confirmation_id"]}
+    r = platform_client.post("/api/v1/system_revoke_api_token", headers=confirm, json={"name": "victim"})
     assert r.status_code == 200 and r.json()["revoked_at"] is not None
     r = platform_client.post("/api/v1/system_get_instance_stats", headers=bearer(victim_token))
     assert r.status_code == 401 and "revoked" in r.json()["detail"]

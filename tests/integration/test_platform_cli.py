@@ -67,3 +67,18 @@ def test_adapter_errors_and_destructive_confirmation(run: Any) -> None:
     with pytest.raises(UsageError, match="destructive: add --yes"):
         run("system_revoke_api_token", "-s", "name=victim")
     assert run("system_revoke_api_token", "-s", "name=victim", "--yes").exit_code == 0
+
+
+def test_yes_confirms_through_a_recorded_confirmation(run: Any, platform_db: Database) -> None:
+    from sqlalchemy import select
+
+    from diskci.platform.db.models import Confirmation, Event
+
+    run("token", "create", "victim")
+    assert run("system_revoke_api_token", "-s", "name=victim", "--yes").exit_code == 0
+    with platform_db.read_session() as s:
+        confirming = select(Event.type).where(Event.type.like("confirmation_%")).order_by(Event.id)
+        types = list(s.scalars(confirming))
+        spent = list(s.scalars(select(Confirmation.used_at)))
+    assert types == ["confirmation_requested", "confirmation_accepted"]
+    assert len(spent) == 1 and spent[0] is not None

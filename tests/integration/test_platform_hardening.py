@@ -313,9 +313,9 @@ def test_odd_boot_reports_are_a_400(client: Any, platform_id: int, query: str, r
 @pytest.mark.parametrize("raw", [NESTED, b'{"node_platform": "\\ud800"}', b'{"n": ' + b"1" * 5000 + b"}"])
 def test_odd_webhook_bodies_are_a_4xx(client: Any, raw: bytes) -> None:
     headers = {
-        "X-DiskCI-Signature-256": "sha256=" + "0" * 64,
-        "X-DiskCI-Delivery": "6f1c0c52-55a4-4f5e-8f0e-0a6f7f3a1d11",
-        "X-DiskCI-Timestamp": str(int(time.time())),
+        "webhook-signature": "v1," + "A" * 43 + "=",
+        "webhook-id": "6f1c0c52-55a4-4f5e-8f0e-0a6f7f3a1d11",
+        "webhook-timestamp": str(int(time.time())),
     }
     r = client.post("/api/v1/system/webhooks/disk_image_built", content=raw, headers=headers)
     assert_error(r, 400, "MalformedDelivery")

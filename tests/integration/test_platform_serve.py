@@ -13,7 +13,7 @@ import httpx
 from loopback import free_port
 from served_platform import admin_token, platform_serve, serve_env
 
-from diskci.notify import sign_body
+from diskci.notify import sign_delivery
 from polling import wait_until
 
 SECRET_KEY = "serve-test-key-" + "s" * 40
@@ -53,9 +53,7 @@ def test_serve_runs_api_and_consumer(tmp_path: Path) -> None:
         ).encode()
         headers = {
             "Content-Type": "application/json",
-            "X-DiskCI-Signature-256": sign_body(secret.encode(), body),
-            "X-DiskCI-Delivery": str(uuid.uuid4()),
-            "X-DiskCI-Timestamp": str(int(time.time())),
+            **sign_delivery(secret, str(uuid.uuid4()), int(time.time()), body),
         }
         r = httpx.post(f"{base}/api/v1/system/webhooks/disk_image_built", content=body, headers=headers)
         assert r.status_code == 202, r.text
@@ -72,5 +70,5 @@ def test_serve_runs_api_and_consumer(tmp_path: Path) -> None:
         task = wait_until(  # the in-process consumer picks the task up
             started_task, 30, interval=0.2, what="the task to start", detail=lambda: f"task: {get_task()}"
         )
-        assert task["payload"] == {"delivery_id": headers["X-DiskCI-Delivery"]}
+        assert task["payload"] == {"delivery_id": headers["webhook-id"]}
     assert server.returncode == 0, (tmp_path / "serve.log").read_text()

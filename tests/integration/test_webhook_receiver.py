@@ -1,4 +1,5 @@
-"""The ``disk_image_built`` receiver: HMAC, timestamp window, replay, size and schema checks.
+"""The ``disk_image_built`` receiver: Standard Webhooks signature, timestamp window, replay, size and schema
+checks.
 
 A bad delivery gets its status and a clear message, and creates nothing: no delivery row, no task,
 no event, nothing queued.
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from diskci.notify import sign_body
+from diskci.notify import sign_delivery
 from diskci.platform.actions.catalog import invoke
 from diskci.platform.db.models import DiskImageWebhook, Event, Role, Task, WebhookDelivery
 from diskci.platform.db.session import Database
@@ -45,9 +46,9 @@ def headers(
 ) -> dict[str, str]:
     return {
         "Content-Type": "application/json",
-        "X-DiskCI-Signature-256": sign_body(secret.encode(), body),
-        "X-DiskCI-Delivery": delivery or str(uuid.uuid4()),
-        "X-DiskCI-Timestamp": str(ts if ts is not None else int(time.time())),
+        **sign_delivery(
+            secret, delivery or str(uuid.uuid4()), ts if ts is not None else int(time.time()), body
+        ),
     }
 
 
@@ -116,9 +117,9 @@ def test_forged_signature(platform_client: Any, secret: str, nothing_created: Ca
     tampered = json.dumps(payload(critical=True)).encode()
     h = headers(secret, body)
     expect(platform_client.post(URL, content=tampered, headers=h), 401, "BadSignature", "does not match")
-    h["X-DiskCI-Signature-256"] = "md5=abc"
-    expect(platform_client.post(URL, content=body, headers=h), 401, "BadSignature", "sha256=<64")
-    del h["X-DiskCI-Signature-256"]
+    h["webhook-signature"] = "md5=abc"
+    expect(platform_client.post(URL, content=body, headers=h), 401, "BadSignature", "v1,<base64")
+    del h["webhook-signature"]
     expect(platform_client.post(URL, content=body, headers=h), 401, "BadSignature", "missing")
     nothing_created()
 
@@ -138,14 +139,14 @@ def test_malformed_headers(platform_client: Any, secret: str, nothing_created: C
     h = headers(secret, body, delivery="not-a-uuid")
     expect(platform_client.post(URL, content=body, headers=h), 400, "MalformedDelivery", "is not a UUID")
     h = headers(secret, body)
-    h["X-DiskCI-Timestamp"] = "yesterday"
+    h["webhook-timestamp"] = "yesterday"
     expect(platform_client.post(URL, content=body, headers=h), 400, "MalformedDelivery", "not a Unix time")
-    del h["X-DiskCI-Timestamp"]
+    del h["webhook-timestamp"]
     expect(
         platform_client.post(URL, content=body, headers=h),
         400,
         "MalformedDelivery",
-        "missing X-DiskCI-Timestamp",
+        "missing webhook-timestamp",
     )
     nothing_created()
 
@@ -160,7 +161,7 @@ def test_replayed_delivery_id(
     expect(again, 409, "ReplayedDelivery", "never accepted twice")
     # Even a fresh signature and timestamp over a different body: the id is spent.
     other = json.dumps(payload(version="2")).encode()
-    h2 = headers(secret, other, delivery=h["X-DiskCI-Delivery"])
+    h2 = headers(secret, other, delivery=h["webhook-id"])
     expect(platform_client.post(URL, content=other, headers=h2), 409, "ReplayedDelivery", "already accepted")
     assert len(enqueued) == 1
     with platform_db.session() as s:
@@ -252,7 +253,7 @@ def test_webhook_ignores_bearer_tokens(
 ) -> None:
     body = json.dumps(payload()).encode()
     r = platform_client.post(URL, content=body, headers={**admin_headers, "Content-Type": "application/json"})
-    expect(r, 401, "BadSignature", "missing X-DiskCI-Signature-256")
+    expect(r, 401, "BadSignature", "missing webhook-signature")
 
 
 def test_real_queue_receives_the_delivery(
@@ -294,7 +295,7 @@ def test_concurrent_deliveries_with_one_id_are_accepted_once(
     with ThreadPoolExecutor(4) as pool:
         codes = sorted(pool.map(post, range(4)))
     assert codes == [202, 409, 409, 409]
-    assert enqueued == [h["X-DiskCI-Delivery"]]
+    assert enqueued == [h["webhook-id"]]
 
 
 def test_diskci_notify_delivers_to_a_live_server(
@@ -355,4 +356,78 @@ def test_queue_failure_answers_503_and_the_retry_is_accepted(
             assert s.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
         r = client.post(URL, content=body, headers=h)  # the sender retries with the same delivery id
     assert r.status_code == 202 and r.json()["task_id"] == "task-after-retry"
-    assert calls == [h["X-DiskCI-Delivery"]] * 2
+    assert calls == [h["webhook-id"]] * 2
+
+
+def test_captured_delivery_with_a_new_id_or_timestamp_is_refused(
+    platform_client: Any, secret: str, nothing_created: Callable[[], None]
+) -> None:
+    """The id and the timestamp are signed (Standard Webhooks): a captured signature does not carry over."""
+    body = json.dumps(payload()).encode()
+    captured = headers(secret, body, ts=int(time.time()) - 60)
+    for name, value in (("webhook-id", str(uuid.uuid4())), ("webhook-timestamp", str(int(time.time())))):
+        forged = {**captured, name: value}
+        expect(platform_client.post(URL, content=body, headers=forged), 401, "BadSignature", "does not match")
+    nothing_created()
+
+
+def test_redelivery_of_abandoned_work_is_requeued_not_refused(
+    platform_client: Any, secret: str, platform_db: Database, enqueued: list[str]
+) -> None:
+    """A worker died with the Task running: the sender's retry (same id) is queued again, once."""
+    body = json.dumps(payload()).encode()
+    delivery = str(uuid.uuid4())
+    first = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    assert first.status_code == 202, first.text
+    with platform_db.session() as s:
+        task = s.scalar(select(Task))
+        assert task is not None
+        task.status = "running"  # ... and its worker is SIGKILLed: the lease is never renewed
+        task.lease_expires_at = datetime.now(UTC) - timedelta(seconds=1)
+    again = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    assert again.status_code == 202, again.text
+    assert again.json()["task_id"] != first.json()["task_id"]
+    assert enqueued == [delivery, delivery]
+    with platform_db.session() as s:
+        statuses = {t.task_id: t.status for t in s.scalars(select(Task))}
+        row = s.scalar(select(WebhookDelivery))
+        assert row is not None and row.task_id == again.json()["task_id"]
+    assert statuses == {first.json()["task_id"]: "failed", again.json()["task_id"]: "queued"}
+    # The re-queued work is alive: a further retry is a replay.
+    third = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    expect(third, 409, "ReplayedDelivery", "is queued")
+    assert len(enqueued) == 2
+
+
+def test_recovery_requeues_lost_and_expired_work_once(
+    platform_client: Any, secret: str, platform_db: Database, enqueued: list[str]
+) -> None:
+    """``recover_deliveries``: a queued Task whose message is gone, and a running one past its lease."""
+    from diskci.platform.tasks import recover_deliveries
+
+    ids = []
+    for version in ("1", "2", "3"):
+        body = json.dumps(payload(version=version)).encode()
+        r = platform_client.post(URL, content=body, headers=headers(secret, body))
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["delivery_id"])
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with platform_db.session() as s:
+        lost, expired, alive = (
+            s.scalar(select(Task).where(Task.payload["delivery_id"].as_string() == d)) for d in ids
+        )
+        assert lost is not None and expired is not None and alive is not None
+        lost.lease_expires_at = past  # queued, but its message is not in the queue
+        expired.status, expired.lease_expires_at = "running", past
+        alive.status = "running"  # lease still running: left alone
+        waiting = {alive.task_id}
+    enqueued.clear()
+
+    def enqueue(delivery_id: str) -> str:
+        enqueued.append(delivery_id)
+        return f"recovered-{delivery_id}"
+
+    requeued = recover_deliveries(platform_db, enqueue, lease_seconds=60, waiting=waiting)
+    assert sorted(requeued) == sorted(ids[:2])
+    assert recover_deliveries(platform_db, enqueue, lease_seconds=60, waiting=waiting) == []  # once
+    assert sorted(enqueued) == sorted(ids[:2])

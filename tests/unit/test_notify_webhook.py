@@ -1,9 +1,8 @@
-"""The disk_image_built webhook: HMAC signature, delivery id, retries on 5xx, failure on 4xx."""
+"""The disk_image_built webhook: Standard Webhooks signature, delivery id, retries on 5xx, failure on 4xx."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import json
 import threading
 from collections.abc import Iterator
@@ -13,9 +12,10 @@ from typing import Any
 
 import jsonschema
 import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from diskci.errors import NotifyError
-from diskci.notify import DiskImageBuilt, SourceRef, payload_schema, send_notification
+from diskci.notify import DiskImageBuilt, SourceRef, payload_schema, send_notification, signing_key
 
 SECRET = b"s3cret-webhook-key"
 PAYLOAD = DiskImageBuilt(
@@ -77,14 +77,31 @@ def test_signed_delivery_after_retries(hook_factory: Any) -> None:
     delivery = send_notification(hook.url, SECRET, PAYLOAD, backoff=0.01)
     assert delivery.status == 202 and delivery.attempts == 3
     assert len(hook.requests) == 3
-    ids = {h["X-DiskCI-Delivery"] for h, _ in hook.requests}
+    ids = {h["webhook-id"] for h, _ in hook.requests}
     assert ids == {delivery.delivery_id}  # one delivery, retried
     for headers, body in hook.requests:
-        expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
-        assert headers["X-DiskCI-Signature-256"] == expected
-        assert int(headers["X-DiskCI-Timestamp"]) > 1_700_000_000
+        # The standardwebhooks library's own verification accepts it: id, timestamp and body signed.
+        assert Webhook(SECRET).verify(body, headers) == json.loads(body)
+        assert headers["webhook-signature"].startswith("v1,")
+        assert int(headers["webhook-timestamp"]) > 1_700_000_000
         jsonschema.validate(json.loads(body), payload_schema())
+        # Neither the id nor the timestamp can be changed without breaking the signature.
+        other_id = "00000000-0000-4000-8000-000000000000"
+        earlier = str(int(headers["webhook-timestamp"]) - 1)
+        for name, value in (("webhook-id", other_id), ("webhook-timestamp", earlier)):
+            forged = {**headers, name: value}
+            with pytest.raises(WebhookVerificationError, match="No matching signature"):
+                Webhook(SECRET).verify(body, forged)
     assert json.loads(hook.requests[0][1])["source"]["commit"] == "c0ffee"
+
+
+def test_signing_key_reads_standard_and_plain_secrets() -> None:
+    raw = b"\x00\x01binary-key-bytes\xff"
+    assert signing_key("whsec_" + base64.b64encode(raw).decode()) == raw
+    assert signing_key(b"whsec_" + base64.b64encode(raw)) == raw
+    assert signing_key("plain-token_urlsafe-secret") == b"plain-token_urlsafe-secret"
+    with pytest.raises(NotifyError, match="empty"):
+        signing_key("")
 
 
 def test_client_error_fails_at_once_with_server_message(hook_factory: Any) -> None:

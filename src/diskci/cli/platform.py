@@ -19,7 +19,7 @@ from pydantic_core import to_jsonable_python
 
 from diskci.cli.output import print_json, stdout
 from diskci.errors import UsageError
-from diskci.platform.actions.catalog import ActionSpec, ConfirmationRequired, invoke, load_all
+from diskci.platform.actions.catalog import ActionSpec, ConfirmationRequired, get_action, invoke, load_all
 from diskci.platform.db.models import Role
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def serve(
     database = configure(settings.database_url)
     queue = TaskQueue(settings, database=database)
     app = create_app(settings, database=database, enqueue=queue.enqueue_publication)
+    queue.recover(at_start=True)  # deliveries a crash abandoned, and its temporary files
     run_consumer = consumer if consumer is not None else settings.queue_url.startswith("sqlite")
     queue_consumer = queue.consumer(workers=settings.queue_workers) if run_consumer else None
     if queue_consumer is not None:
@@ -124,6 +125,7 @@ def consume(
 
     settings = _settings(state_dir, database_url, queue_url=queue_url)
     queue = TaskQueue(settings, database=_database(settings))
+    queue.recover(at_start=True)  # deliveries a crash abandoned, and its temporary files
     queue.consumer(workers=workers, worker_type="process" if processes else "thread").run()
 
 
@@ -247,13 +249,20 @@ def _run_action(
     settings = _settings(state_dir, database_url)
     database = _database(settings)
     ports = Ports(enqueue=TaskQueue(settings, database=database).enqueue_publication)
+    actor = _actor()
     try:
+        if confirmed and get_action(name).destructive:
+            # --yes answers the confirmation the call would ask for: issued and redeemed at once (events).
+            from diskci.platform.mcp.confirmations import bound_arguments, confirm_at_once
+
+            data = bound_arguments(get_action(name), data, Role.ADMIN)
+            confirm_at_once(database, name, data, actor=actor)
         result = invoke(
             name,
             data,
             database=database,
             settings=settings,
-            actor=_actor(),
+            actor=actor,
             role=Role.ADMIN,
             confirmed=confirmed,
             ports=ports,

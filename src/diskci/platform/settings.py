@@ -33,6 +33,8 @@ from diskci.platform.statefiles import private_dir, private_file
 KEY_FILE_NAME = "secret.key"
 MIN_KEY_LENGTH = 32
 WELL_KNOWN_SECRETS = frozenset({"", "changeme", "change-me", "secret", "password", "diskci", "development"})
+EVENT_RETENTION_DAYS = 90  # events older than this are pruned by the daily retention run
+NETBOOT_REPORT_EVENTS_MAX = 100_000  # the newest boot-report events kept (older ones pruned on insert)
 
 
 class InsecureSettings(UsageError):
@@ -70,8 +72,11 @@ class PlatformSettings(BaseSettings):
     api_max_body_bytes: int = Field(default=256 * 1024, ge=0)  # action routes and all other routes
     webhook_grace_seconds: int = 24 * 3600  # how long a rotated-out webhook secret stays valid
     queue_workers: int = 2  # queue consumer threads inside ``serve``
+    task_lease_seconds: int = Field(default=60, ge=1)  # a running task not renewed this long is recovered
     retention_hour: int = 3  # UTC hour of the daily retention run
     retention_minute: int = 0
+    event_retention_days: int = Field(default=EVENT_RETENTION_DAYS, ge=1, le=36_500)
+    netboot_report_events_max: int = Field(default=NETBOOT_REPORT_EVENTS_MAX, ge=100, le=1_000_000_000)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> PlatformSettings:

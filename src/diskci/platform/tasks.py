@@ -11,16 +11,24 @@ unique one). For ``huey_consumer``, ``diskci.platform.tasks.huey`` is built from
 environment when it is first asked for (``huey_consumer diskci.platform.tasks.huey``); nothing is built
 at import.
 
-A queue consumer killed mid-task loses that task; the delivery is processed again when it is
-re-enqueued (``TaskQueue.enqueue_publication`` with the same delivery id), and the processor makes
-that safe.
+Crash recovery: a queue may drop a message whose consumer dies mid-task (SQLite huey deletes it when
+it is dequeued), so the Task row, not the message, is the record of the work. A running task holds a
+lease (``Task.lease_expires_at``, ``settings.task_lease_seconds``) that a heartbeat thread renews;
+``recover_deliveries`` re-queues every delivery whose Task is ``running`` with an expired lease, or
+``queued`` with no message in the queue, or that never got a Task. It runs every minute
+(``recover_abandoned``) and when ``diskci platform serve``/``consume`` start (``TaskQueue.recover``,
+which also removes the blob cache's temporary files of dead processes). The processor takes over the
+publication row it finds ``processing``, so a recovered delivery ends in exactly one publication.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache, cached_property
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
@@ -29,11 +37,11 @@ from huey import Huey, RedisHuey, SqliteHuey, crontab
 from huey.api import Task as HueyTask
 from huey.api import TaskWrapper
 from huey.consumer import Consumer
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from diskci.errors import DiskciError, UsageError
-from diskci.platform.db.models import Task, TaskStatus
+from diskci.platform.db.models import Task, TaskStatus, WebhookDelivery
 from diskci.platform.db.session import Database, get_database
 from diskci.platform.settings import PlatformSettings
 
@@ -75,6 +83,7 @@ class _Registered:
     process_publication: TaskWrapper
     retention_daily: TaskWrapper
     retention_now: TaskWrapper
+    recover_abandoned: TaskWrapper
 
 
 class TaskQueue:
@@ -112,8 +121,36 @@ class TaskQueue:
         """A retention sweep on demand (tests, operators)."""
         return self._registered.retention_now
 
+    @property
+    def recover_abandoned(self) -> TaskWrapper:
+        """Every minute: re-queue the deliveries whose processing was abandoned (``recover``)."""
+        return self._registered.recover_abandoned
+
     def database(self) -> Database:
         return self._database if self._database is not None else get_database()
+
+    def waiting_task_ids(self) -> set[str]:
+        """The ids of the messages in the queue now (pending and scheduled for a retry)."""
+        return {str(t.id) for t in self.huey.pending()} | {str(t.id) for t in self.huey.scheduled()}
+
+    def recover(self, *, at_start: bool = False) -> list[str]:
+        """Re-queue abandoned deliveries (``recover_deliveries``); at start, also remove temporary files
+        that dead processes left in the blob cache. Returns the re-queued delivery ids."""
+        if at_start:
+            from diskci.platform.services.blobcache import BlobCache
+
+            removed = BlobCache(self.settings.blob_dir).remove_orphaned_temporaries()
+            if removed:
+                log.info("recovery: removed %d temporary file(s) of dead processes", len(removed))
+        requeued = recover_deliveries(
+            self.database(),
+            self.enqueue_publication,
+            lease_seconds=self.settings.task_lease_seconds,
+            waiting=self.waiting_task_ids(),
+        )
+        if requeued:
+            log.warning("recovery: re-queued %d abandoned deliveries: %s", len(requeued), requeued)
+        return requeued
 
     def enqueue_publication(self, delivery_id: str) -> str:
         """Queue the processing of a delivery; returns the task_id (the Task row appears when it runs)."""
@@ -143,7 +180,10 @@ class TaskQueue:
         from diskci.platform.services.retention import DiskImageRetentionService, delete_publication
 
         return DiskImageRetentionService(
-            database=self.database(), blobs=BlobCache(self.settings.blob_dir), deleter=delete_publication
+            database=self.database(),
+            blobs=BlobCache(self.settings.blob_dir),
+            deleter=delete_publication,
+            event_retention_days=self.settings.event_retention_days,
         )
 
     def run_retention(self) -> dict[str, Any]:
@@ -178,6 +218,166 @@ def _record_task(database: Database, task_id: str, kind: str, payload: dict[str,
             continue  # inserted by the receiver meanwhile: update it
 
 
+def lease_until(lease_seconds: int, now: datetime | None = None) -> datetime:
+    """When a lease taken (or renewed) now runs out."""
+    return (now or datetime.now(UTC)) + timedelta(seconds=lease_seconds)
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC time (SQLite may hand back naive ones)."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def abandoned(task: Task, now: datetime, *, lease_seconds: int, waiting: set[str] | None) -> bool:
+    """Whether nobody will finish ``task``: ``running`` with its lease run out, or ``queued`` past its
+    lease with no message in the queue (``waiting``: the queue's ids; None when unknown)."""
+    if task.status == TaskStatus.RUNNING.value:
+        return task.lease_expires_at is None or as_utc(task.lease_expires_at) < now
+    if task.status == TaskStatus.QUEUED.value and waiting is not None and task.task_id not in waiting:
+        deadline = task.lease_expires_at or lease_until(lease_seconds, as_utc(task.created_at))
+        return as_utc(deadline) < now
+    return False
+
+
+def requeue_delivery(
+    database: Database,
+    enqueue: Callable[[str], str],
+    delivery_id: str,
+    *,
+    lease_seconds: int,
+    abandoned_task: Task | None,
+    now: datetime | None = None,
+) -> str | None:
+    """Queue ``delivery_id`` again in place of ``abandoned_task`` (compare-and-set on its status and
+    lease, so only one recoverer wins); returns the new task id, or None when another won."""
+    now = now or datetime.now(UTC)
+    with database.session() as s:
+        if abandoned_task is not None:
+            won = (
+                s.query(Task)
+                .filter(
+                    Task.id == abandoned_task.id,
+                    Task.status == abandoned_task.status,
+                    or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < now),
+                )
+                .update(
+                    {
+                        Task.status: TaskStatus.FAILED.value,
+                        Task.error: "abandoned (its worker died or its queue message was lost); re-queued",
+                        Task.finished_at: now,
+                        Task.lease_expires_at: None,
+                    },
+                    synchronize_session=False,
+                )
+            )
+        else:
+            won = (
+                s.query(WebhookDelivery)
+                .filter(WebhookDelivery.delivery_id == delivery_id, WebhookDelivery.task_id.is_(None))
+                .update({WebhookDelivery.task_id: "recovering"}, synchronize_session=False)
+            )
+    if not won:
+        return None
+    try:
+        task_id = enqueue(delivery_id)
+    except Exception:  # the queue is down: leave the work abandoned, for the next recovery
+        with database.session() as s:
+            if abandoned_task is not None:
+                s.query(Task).filter(Task.id == abandoned_task.id).update(
+                    {Task.status: abandoned_task.status, Task.finished_at: None}, synchronize_session=False
+                )
+            else:
+                s.query(WebhookDelivery).filter(WebhookDelivery.delivery_id == delivery_id).update(
+                    {WebhookDelivery.task_id: None}, synchronize_session=False
+                )
+        raise
+    _record_task(
+        database,
+        task_id,
+        PUBLICATION_TASK_KIND,
+        {"delivery_id": delivery_id},
+        status=TaskStatus.QUEUED.value,
+        lease_expires_at=lease_until(lease_seconds, now),
+    )
+    with database.session() as s:
+        s.query(WebhookDelivery).filter(WebhookDelivery.delivery_id == delivery_id).update(
+            {WebhookDelivery.task_id: task_id}, synchronize_session=False
+        )
+    return task_id
+
+
+def recover_deliveries(
+    database: Database,
+    enqueue: Callable[[str], str],
+    *,
+    lease_seconds: int,
+    waiting: set[str] | None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Re-queue every delivery whose processing was abandoned (``abandoned``), and every delivery
+    accepted more than a lease ago that never got a task; returns their ids."""
+    now = now or datetime.now(UTC)
+    with database.read_session() as s:
+        open_tasks = list(
+            s.scalars(
+                select(Task).where(
+                    Task.kind == PUBLICATION_TASK_KIND,
+                    Task.status.in_([TaskStatus.RUNNING.value, TaskStatus.QUEUED.value]),
+                )
+            )
+        )
+        untasked = list(
+            s.scalars(
+                select(WebhookDelivery.delivery_id).where(
+                    WebhookDelivery.task_id.is_(None),
+                    WebhookDelivery.publication_id.is_(None),
+                    WebhookDelivery.received_at < now - timedelta(seconds=lease_seconds),
+                )
+            )
+        )
+        for task in open_tasks:
+            s.expunge(task)
+    requeued: list[str] = []
+    for task in open_tasks:
+        delivery_id = (task.payload or {}).get("delivery_id")
+        if not delivery_id or not abandoned(task, now, lease_seconds=lease_seconds, waiting=waiting):
+            continue
+        if requeue_delivery(
+            database, enqueue, delivery_id, lease_seconds=lease_seconds, abandoned_task=task, now=now
+        ):
+            requeued.append(delivery_id)
+    for delivery_id in untasked:
+        if requeue_delivery(
+            database, enqueue, delivery_id, lease_seconds=lease_seconds, abandoned_task=None, now=now
+        ):
+            requeued.append(delivery_id)
+    return requeued
+
+
+@contextmanager
+def _heartbeat(database: Database, task_id: str, lease_seconds: int) -> Iterator[None]:
+    """Renew the lease of the running ``task_id`` every third of a lease until the block ends."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(max(lease_seconds / 3, 0.2)):
+            try:
+                with database.session() as s:
+                    s.query(Task).filter(
+                        Task.task_id == task_id, Task.status == TaskStatus.RUNNING.value
+                    ).update({Task.lease_expires_at: lease_until(lease_seconds)}, synchronize_session=False)
+            except Exception:  # a database hiccup: the next beat tries again
+                log.warning("task %s: could not renew its lease", task_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"lease-{task_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _register(queue: TaskQueue, huey: Huey) -> _Registered:
     """Register the platform's tasks on ``huey`` (task names stay ``diskci.platform.tasks.<name>``)."""
     settings = queue.settings
@@ -194,6 +394,10 @@ def _register(queue: TaskQueue, huey: Huey) -> _Registered:
         """A sweep on demand (tests, operators)."""
         return queue.run_retention()
 
+    def recover_abandoned() -> list[str]:
+        """Re-queue the deliveries whose processing was abandoned."""
+        return queue.recover()
+
     schedule = crontab(minute=str(settings.retention_minute), hour=str(settings.retention_hour))
     return _Registered(
         huey=huey,
@@ -202,6 +406,7 @@ def _register(queue: TaskQueue, huey: Huey) -> _Registered:
         )(process_publication),
         retention_daily=huey.periodic_task(schedule)(retention_daily),
         retention_now=huey.task()(retention_now),
+        recover_abandoned=huey.periodic_task(crontab(minute="*"))(recover_abandoned),
     )
 
 
@@ -212,6 +417,7 @@ def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | No
     task_id = task.id if task is not None else f"local-{delivery_id}"
     final = task is None or task.retries == 0
     database = queue.database()
+    lease = queue.settings.task_lease_seconds
     _record_task(
         database,
         task_id,
@@ -219,13 +425,21 @@ def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | No
         {"delivery_id": delivery_id},
         status=TaskStatus.RUNNING.value,
         started_at=datetime.now(UTC),
+        lease_expires_at=lease_until(lease),
         attempts=PUBLICATION_RETRIES - task.retries + 1 if task is not None else 1,
     )
     try:
-        outcome = queue.processor().process(delivery_id, final_attempt=final)
+        with _heartbeat(database, task_id, lease):
+            outcome = queue.processor().process(delivery_id, final_attempt=final)
     except RetryLater as exc:
         _record_task(
-            database, task_id, PUBLICATION_TASK_KIND, {}, status=TaskStatus.QUEUED.value, error=str(exc)
+            database,
+            task_id,
+            PUBLICATION_TASK_KIND,
+            {},
+            status=TaskStatus.QUEUED.value,
+            error=str(exc),
+            lease_expires_at=lease_until(lease + PUBLICATION_RETRY_DELAY),
         )
         raise
     except DiskciError as exc:  # permanent (an unknown delivery, a bad payload): no point in retrying
@@ -238,6 +452,7 @@ def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | No
             status=TaskStatus.FAILED.value,
             error=exc.diagnostics()[:4000],
             finished_at=datetime.now(UTC),
+            lease_expires_at=None,
         )
         return {"error": type(exc).__name__, "detail": exc.diagnostics()}
     except Exception as exc:  # unexpected (a database outage ...): recorded, then retried by the queue
@@ -249,6 +464,7 @@ def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | No
             status=TaskStatus.FAILED.value,
             error=str(exc)[:4000],
             finished_at=datetime.now(UTC),
+            lease_expires_at=None,
         )
         raise
     result = outcome.as_dict()
@@ -261,6 +477,7 @@ def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | No
         status=TaskStatus.SUCCEEDED.value,
         result=result,
         finished_at=datetime.now(UTC),
+        lease_expires_at=None,
     )
     return result
 

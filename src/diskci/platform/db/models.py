@@ -283,7 +283,7 @@ class Event(Base):
 
 
 class Task(Base):
-    """A unit of queued work (``task_id`` is the queue's id), for status queries."""
+    """A unit of queued work (``task_id`` is the queue's id), for status queries and crash recovery."""
 
     __tablename__ = "tasks"
 
@@ -298,6 +298,9 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    """While ``running`` (or ``queued``): renewed by the worker's heartbeat; once past, the work is
+    recovered (re-queued) by ``diskci.platform.tasks.recover_deliveries``."""
 
 
 class ApiToken(Base):

@@ -8,9 +8,10 @@ by ``platform.http.limits``) is parsed by ``platform.http.jsonbody`` and validat
 status, in one handler.
 
 The app's ports (the task queue) are built once from what ``create_app`` was given and handed to
-``invoke()`` and to the webhook receiver. A destructive action's route is its own confirmation: the
-bearer-authenticated POST to ``/api/v1/<action>`` names the action explicitly, so the adapter invokes it
-with ``confirmed=True`` (the CLI asks for ``--yes`` instead).
+``invoke()`` and to the webhook receiver. A destructive action never acts on its first call: it answers
+428 ``ConfirmationRequired`` with a one-time ``confirmation_id`` bound to the action, its arguments and
+the caller (5 minutes; ``platform.mcp.confirmations``, as for the MCP tools and the CLI's ``--yes``),
+and acts when the same call is repeated with the header ``X-Diskci-Confirmation: <id>``.
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ from starlette.exceptions import HTTPException
 
 from diskci import __version__
 from diskci.errors import DiskciError, InvalidRequest
-from diskci.platform.actions.catalog import ActionSpec, DatabaseUnavailable, check_role, invoke, load_all
+from diskci.platform.actions.catalog import (
+    ActionSpec,
+    ConfirmationRequired,
+    DatabaseUnavailable,
+    check_role,
+    invoke,
+    load_all,
+)
 from diskci.platform.actions.webhooks import WEBHOOK_PATH
 from diskci.platform.db.session import Database, configure, set_default
 from diskci.platform.http.auth import Principal, PrincipalDep
 from diskci.platform.http.errors import error_response, http_error_response
 from diskci.platform.http.jsonbody import parse_json_object
 from diskci.platform.http.limits import BodyLimitMiddleware, RouteLimits
+from diskci.platform.mcp import confirmations
 from diskci.platform.ports import EnqueuePublication, Ports
 from diskci.platform.services.netboot import MAX_REPORT_BYTES, REPORT_PATH
 from diskci.platform.settings import PlatformSettings
@@ -48,10 +57,22 @@ from diskci.platform.statefiles import private_dir
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+CONFIRMATION_HEADER = "X-Diskci-Confirmation"
 DESTRUCTIVE_NOTE = (
-    "**Destructive.** Calling this route is the confirmation: the action runs at once, so send it only"
-    " when it is meant (the CLI asks for `--yes`)."
+    "**Destructive: confirmed in two steps.** The first call does nothing: it answers **428**"
+    " `ConfirmationRequired` with a one-time `confirmation_id` (and `expires_at`, `action`, `arguments`)."
+    " Show the operator what it would do; once they agree, repeat the same call (same token, same body)"
+    f" with the header `{CONFIRMATION_HEADER}: <confirmation_id>` within 5 minutes. A reused, expired or"
+    " foreign id, or a changed body, answers 403 `ConfirmationRefused` and nothing changes (the CLI's"
+    " `--yes` confirms at once)."
 )
+CONFIRMATION_PARAMETER: dict[str, Any] = {
+    "name": CONFIRMATION_HEADER,
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 64},
+    "description": "The confirmation_id the first call answered with (428): confirms this call, once.",
+}
 
 
 async def _diskci_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -93,6 +114,11 @@ _ERROR_STATUSES = {
 ACTION_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why} for status, why in _ERROR_STATUSES.items()
 }
+DESTRUCTIVE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ACTION_ERROR_RESPONSES,
+    403: {"model": ErrorBody, "description": "role too low, or the confirmation refused"},
+    428: {"description": "not confirmed yet: the body carries the confirmation_id (nothing was done)"},
+}
 
 
 def _tag(spec: ActionSpec) -> str:
@@ -109,18 +135,49 @@ def _allowed(spec: ActionSpec) -> Callable[[Principal], Principal]:
     return allowed
 
 
-def _action_endpoint(spec: ActionSpec) -> Callable[..., Coroutine[Any, Any, BaseModel]]:
-    async def endpoint(request: Request, principal: Principal) -> BaseModel:
+def _confirm(spec: ActionSpec, request: Request, data: Any, actor: str, principal: Principal) -> Any:
+    """A destructive call's arguments once its confirmation header is redeemed, else the 428 answer."""
+    database = request.app.state.database
+    arguments = confirmations.bound_arguments(spec, data, principal.role)
+    confirmation_id = request.headers.get(CONFIRMATION_HEADER)
+    if confirmation_id:
+        confirmations.redeem(database, confirmation_id, spec.name, arguments, actor=actor)
+        return arguments
+    issued = confirmations.issue(database, spec.name, arguments, actor=actor)
+    required = ConfirmationRequired(spec.name)
+    required.hint = (
+        f"Nothing was done. Repeat the same call with the header {CONFIRMATION_HEADER}: "
+        f"{issued.confirmation_id} (once, within 5 minutes)."
+    )
+    body: dict[str, Any] = {"error": type(required).__name__, "detail": required.diagnostics()}
+    body.update(
+        confirmation_id=issued.confirmation_id,
+        expires_at=issued.expires_at.isoformat(),
+        action=spec.name,
+        arguments=arguments,
+        would=f"{spec.summary} ({spec.name} with these arguments; it cannot be undone)",
+    )
+    return JSONResponse(status_code=required.http_status, content=body)
+
+
+def _action_endpoint(spec: ActionSpec) -> Callable[..., Coroutine[Any, Any, Any]]:
+    async def endpoint(request: Request, principal: Principal) -> Any:
         data = parse_json_object(await request.body(), what=spec.name)
+        actor = f"token:{principal.name}"
+        if spec.destructive:
+            confirmed = await run_in_threadpool(_confirm, spec, request, data, actor, principal)
+            if isinstance(confirmed, JSONResponse):
+                return confirmed
+            data = confirmed
         return await run_in_threadpool(
             invoke,
             spec.name,
             data,
             database=request.app.state.database,
             settings=request.app.state.settings,
-            actor=f"token:{principal.name}",
+            actor=actor,
             role=principal.role,
-            confirmed=True,  # the route names the action: the call is its confirmation
+            confirmed=spec.destructive,  # redeemed above
             ports=request.app.state.ports,
         )
 
@@ -161,8 +218,11 @@ def add_action_routes(app: FastAPI) -> None:
             "content": {"application/json": {"schema": refs[spec.name]}},
         }
         description = f"{spec.description}\n\nRole: **{spec.role.value}** or higher."
+        responses = ACTION_ERROR_RESPONSES
         if spec.destructive:
             description += f"\n\n{DESTRUCTIVE_NOTE}"
+            extra["parameters"] = [CONFIRMATION_PARAMETER]
+            responses = DESTRUCTIVE_RESPONSES
         app.add_api_route(
             f"{API_PREFIX}/{spec.name}",
             _action_endpoint(spec),
@@ -173,7 +233,7 @@ def add_action_routes(app: FastAPI) -> None:
             operation_id=spec.name,
             tags=[_tag(spec)],
             openapi_extra=extra,
-            responses=ACTION_ERROR_RESPONSES,
+            responses=responses,
         )
     _document_schemas(app, schemas)
 

@@ -11,7 +11,7 @@ publication (rootfs.tar, disk images, SBOM, ...) needs a bearer token (any role)
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -33,8 +33,10 @@ from diskci.platform.services.netboot import (
     boot_script,
     error_script,
     parse_boot_request,
+    parse_report,
     retry_script,
 )
+from diskci.platform.services.ratelimit import RateLimited
 from diskci.platform.settings import PlatformSettings
 from diskci.supplychain.verified import ArtifactRecord
 
@@ -161,30 +163,38 @@ async def netboot_artifact(
     )
 
 
-@router.post(REPORT_PATH, summary="boot progress from a node's initramfs")
+@router.post(REPORT_PATH, status_code=202, summary="boot progress from a node's initramfs")
 async def netboot_report(
     request: Request,
     state: StateDep,
     mac: Annotated[str | None, Query(max_length=64)] = None,
     publication: Annotated[int | None, Query(ge=1, le=MAX_INTEGER)] = None,
 ) -> Response:
-    """Record a boot progress report (``fetched``, ``verified``, ``switching_root``, ``booted``, errors).
+    """Record a boot progress report (``fetched``, ``verified``, ``switching_root``, ``booted``, ``error``).
 
-    The body is at most ``MAX_REPORT_BYTES`` (refused with 413 before it is read)."""
+    The body is at most ``MAX_REPORT_BYTES`` (refused with 413 before it is read). Reports are limited
+    per source address and per MAC (429 with ``Retry-After``). A well-formed report is answered 202
+    with its status whether or not it was stored (an unknown MAC, a publication the node was never
+    served), so the answer tells nothing about which MACs are registered."""
+    source = request.client.host if request.client is not None else None
     try:
+        state.netboot.check_report_rate(source=source)
         body = parse_json_object(await request.body(), what="report")
+        report = parse_report(body, mac=mac, publication=publication)
+        state.netboot.check_report_rate(mac=report.mac)
     except InvalidRequest as exc:
         return JSONResponse({"error": "InvalidRequest", "detail": exc.message}, status_code=400)
+    except RateLimited as exc:
+        return JSONResponse(
+            {"error": "RateLimited", "detail": exc.message},
+            status_code=429,
+            headers={"retry-after": str(exc.retry_after)},
+        )
+    events_max = state.settings.netboot_report_events_max
 
-    def record() -> dict[str, Any]:
+    def record() -> None:
         with state.database.session() as s:
-            node = state.netboot.record_report(s, body, mac=mac, publication=publication)
-            return {"node": node.hostname, "status": node.status}
+            state.netboot.record_report(s, report, source=source, events_max=events_max)
 
-    try:
-        out = await run_in_threadpool(record)
-    except InvalidRequest as exc:
-        return JSONResponse({"error": "InvalidRequest", "detail": exc.message}, status_code=400)
-    except NotFound as exc:
-        return JSONResponse({"error": "NotFound", "detail": exc.message}, status_code=404)
-    return JSONResponse(out, status_code=202)
+    await run_in_threadpool(record)
+    return JSONResponse({"status": report.status}, status_code=202)

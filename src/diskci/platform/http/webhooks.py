@@ -1,22 +1,29 @@
-"""The ``disk_image_built`` webhook receiver: authenticated by HMAC only, never by a bearer token.
+"""The ``disk_image_built`` webhook receiver: authenticated by its Standard Webhooks signature only, never
+by a bearer token (the scheme and the headers: ``diskci.notify``, the ``standardwebhooks`` library).
 
 Checks, in order, each answering with a clear message and creating nothing when it fails:
   1. the body is at most ``webhook_max_body_bytes`` (1 MiB; ``platform.http.limits``)    → 413
-  2. an ``X-DiskCI-Signature-256: sha256=<hex>`` header is present                        → 401
-  3. the delivery id is a UUID and the timestamp a Unix time                              → 400
+  2. a ``webhook-signature: v1,<base64>`` header is present                              → 401
+  3. the ``webhook-id`` is a UUID and the ``webhook-timestamp`` a Unix time               → 400
   4. the timestamp is within ``webhook_tolerance_seconds`` (5 minutes) of now             → 401
   5. the body is a JSON object (``platform.http.jsonbody``) naming a node platform that has
      a webhook                                                                             → 400 / 401
-  6. the signature is the HMAC-SHA256 of the raw body under the
-     platform's current secret, or its previous one within the rotation grace (constant-time) → 401
+  6. the signature is the HMAC-SHA256 of ``<id>.<timestamp>.<body>`` under the platform's
+     current secret, or its previous one within the rotation grace (constant-time)         → 401
   7. the payload matches the schema                                                        → 400
   8. the delivery id was never accepted before (a unique row in ``webhook_deliveries``)    → 409
 Then the delivery is recorded, queued for the DiskImagePublicationProcessor, and answered 202.
+
+A delivery id already accepted is answered 409 ``ReplayedDelivery`` while its work is done or alive
+(queued, or running under a live lease). If its processing was abandoned (the worker died: the Task's
+lease ran out, or it never got a task), the redelivery re-queues it and is answered 202 again, so a
+crash is never mistaken for a delivery.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import binascii
 import hmac
 import logging
 import re
@@ -32,7 +39,13 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from diskci.errors import Conflict, InvalidRequest, PlatformError, Unauthorized
-from diskci.notify import DiskImageBuilt  # the payload schema, shared with the sender
+from diskci.notify import (  # the payload schema and the signature scheme, shared with the sender
+    DELIVERY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DiskImageBuilt,
+    signature,
+)
 from diskci.platform.actions.catalog import validation_detail
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.webhooks import WEBHOOK_PATH, valid_secrets, webhook_for
@@ -41,14 +54,12 @@ from diskci.platform.db.session import Database
 from diskci.platform.http.jsonbody import parse_json
 from diskci.platform.secrets import SecretBox
 from diskci.platform.settings import PlatformSettings
+from diskci.platform.tasks import abandoned, as_utc, lease_until, requeue_delivery
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-DiskCI-Signature-256"
-DELIVERY_HEADER = "X-DiskCI-Delivery"
-TIMESTAMP_HEADER = "X-DiskCI-Timestamp"
 PUBLICATION_TASK_KIND = "disk_image_publication"
-_SIGNATURE = re.compile(r"^sha256=([0-9a-f]{64})$")
+_SIGNATURE = re.compile(r"^v1,([A-Za-z0-9+/]{43}=)$")
 
 router = APIRouter(tags=["webhooks"])
 
@@ -102,14 +113,22 @@ def _check_timestamp(headers: Any, tolerance: int, now: float) -> None:
         )
 
 
-def _signature(headers: Any) -> bytes:
+def _signatures(headers: Any) -> list[bytes]:
+    """The ``v1`` signatures of ``webhook-signature`` (space-separated; other versions are ignored)."""
     value = headers.get(SIGNATURE_HEADER)
     if not value:
         raise BadSignature(f"missing {SIGNATURE_HEADER} header")
-    match = _SIGNATURE.match(value.strip())
-    if not match:
-        raise BadSignature(f"{SIGNATURE_HEADER} must be sha256=<64 lower-case hex digits>")
-    return bytes.fromhex(match.group(1))
+    out: list[bytes] = []
+    for item in value.split():
+        match = _SIGNATURE.match(item)
+        if match:
+            try:
+                out.append(base64.b64decode(match.group(1), validate=True))
+            except binascii.Error:
+                continue
+    if not out:
+        raise BadSignature(f"{SIGNATURE_HEADER} must hold v1,<base64 HMAC-SHA256> (Standard Webhooks)")
+    return out
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -133,6 +152,7 @@ def _note_queued(
     payload: DiskImageBuilt,
     *,
     with_task_row: bool,
+    lease_seconds: int,
 ) -> None:
     """Link the delivery to its task, show the task as queued, and record the event."""
     with database.session() as session:
@@ -147,6 +167,7 @@ def _note_queued(
                     status=TaskStatus.QUEUED.value,
                     payload={"delivery_id": delivery_id},
                     created_at=utcnow(),
+                    lease_expires_at=lease_until(lease_seconds),
                 )
             )
             session.flush()
@@ -167,8 +188,8 @@ def _note_queued(
     WEBHOOK_PATH,
     status_code=202,
     response_model=Accepted,
-    summary="a disk image was built, signed and pushed (HMAC-signed by diskci notify)",
-    responses={400: {}, 401: {}, 409: {}, 413: {}},
+    summary="a disk image was built, signed and pushed (Standard Webhooks-signed by diskci notify)",
+    responses={400: {}, 401: {}, 409: {}, 413: {}, 503: {}},
 )
 async def disk_image_built(request: Request) -> JSONResponse:
     body = await request.body()  # at most webhook_max_body_bytes: the body limit refused the rest
@@ -180,9 +201,10 @@ async def disk_image_built(request: Request) -> JSONResponse:
 def _accept(request: Request, body: bytes) -> Accepted:
     settings: PlatformSettings = request.app.state.settings
     database: Database = request.app.state.database
-    presented = _signature(request.headers)
+    presented = _signatures(request.headers)
     delivery_id = _delivery_id(request.headers)
     _check_timestamp(request.headers, settings.webhook_tolerance_seconds, time.time())
+    timestamp = int(request.headers[TIMESTAMP_HEADER])
     data = _parse(body)
     platform_name = data["node_platform"]
     box = SecretBox(key=settings.resolve_secret_key())
@@ -193,11 +215,13 @@ def _accept(request: Request, body: bytes) -> Accepted:
             raise BadSignature(f"no webhook is provisioned for node platform {platform_name!r}")
         platform_id = webhook.platform_id
         secrets = valid_secrets(webhook, box, now)
-    expected = [hmac.new(s.encode(), body, hashlib.sha256).digest() for s in secrets]
-    # Compare against every candidate (no early exit) so timing does not tell which one matched.
-    matches = [hmac.compare_digest(presented, e) for e in expected]
+    expected = [base64.b64decode(signature(s, delivery_id, timestamp, body)[3:]) for s in secrets]
+    # Compare every pair (no early exit) so timing does not tell which one matched.
+    matches = [hmac.compare_digest(p, e) for p in presented for e in expected]
     if not any(matches):
-        raise BadSignature(f"{SIGNATURE_HEADER} does not match the body under the platform's webhook secret")
+        raise BadSignature(
+            f"{SIGNATURE_HEADER} does not match the id, timestamp and body under the webhook secret"
+        )
     try:
         payload = DiskImageBuilt.model_validate(data)
     except ValidationError as exc:
@@ -205,22 +229,25 @@ def _accept(request: Request, body: bytes) -> Accepted:
             f"payload does not match the disk_image_built schema: {validation_detail(exc)}"
         ) from exc
     record = payload.model_dump(mode="json")
+    lease = settings.task_lease_seconds
+    seen = False
     try:
         with database.session() as session:
-            if session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.delivery_id == delivery_id)):
-                raise ReplayedDelivery(
-                    f"delivery {delivery_id} was already accepted; it is never accepted twice"
-                )
-            session.add(
-                WebhookDelivery(
-                    delivery_id=delivery_id, platform_id=platform_id, received_at=now, payload=record
-                )
+            seen = (
+                session.scalar(select(WebhookDelivery.id).where(WebhookDelivery.delivery_id == delivery_id))
+                is not None
             )
-            session.flush()
-    except IntegrityError as exc:  # the same id raced in on another connection
-        raise ReplayedDelivery(
-            f"delivery {delivery_id} was already accepted; it is never accepted twice"
-        ) from exc
+            if not seen:
+                session.add(
+                    WebhookDelivery(
+                        delivery_id=delivery_id, platform_id=platform_id, received_at=now, payload=record
+                    )
+                )
+                session.flush()
+    except IntegrityError:  # the same id raced in on another connection
+        seen = True
+    if seen:
+        return _redelivered(request, database, delivery_id, lease)
     try:
         task_id = request.app.state.ports.enqueue_publication(delivery_id)
     except Exception as exc:
@@ -231,7 +258,46 @@ def _accept(request: Request, body: bytes) -> Accepted:
                 session.delete(row)
         raise QueueUnavailable(f"the task queue is unavailable ({exc}); retry the delivery later") from exc
     try:
-        _note_queued(database, delivery_id, task_id, platform_id, payload, with_task_row=True)
+        _note_queued(
+            database, delivery_id, task_id, platform_id, payload, with_task_row=True, lease_seconds=lease
+        )
     except IntegrityError:  # the queue consumer recorded the task first
-        _note_queued(database, delivery_id, task_id, platform_id, payload, with_task_row=False)
+        _note_queued(
+            database, delivery_id, task_id, platform_id, payload, with_task_row=False, lease_seconds=lease
+        )
     return Accepted(delivery_id=delivery_id, task_id=task_id)
+
+
+def _redelivered(request: Request, database: Database, delivery_id: str, lease_seconds: int) -> Accepted:
+    """A delivery id seen before: re-queued (202) if its processing was abandoned, else refused (409)."""
+    now = utcnow()
+    with database.read_session() as session:
+        row = session.scalar(select(WebhookDelivery).where(WebhookDelivery.delivery_id == delivery_id))
+        task = None
+        if row is not None and row.task_id is not None:
+            task = session.scalar(select(Task).where(Task.task_id == row.task_id))
+            if task is not None:
+                session.expunge(task)
+        untasked = (
+            row is not None
+            and row.task_id is None
+            and row.publication_id is None
+            and lease_until(lease_seconds, as_utc(row.received_at)) < now
+        )
+    state = "is being processed"
+    if task is not None:
+        state = f"is {task.status} (task {task.task_id})"
+    if untasked or (task is not None and abandoned(task, now, lease_seconds=lease_seconds, waiting=None)):
+        task_id = requeue_delivery(
+            database,
+            request.app.state.ports.enqueue_publication,
+            delivery_id,
+            lease_seconds=lease_seconds,
+            abandoned_task=task,
+        )
+        if task_id is not None:
+            log.warning("delivery %s: its processing was abandoned; re-queued as %s", delivery_id, task_id)
+            return Accepted(delivery_id=delivery_id, task_id=task_id)
+    raise ReplayedDelivery(
+        f"delivery {delivery_id} was already accepted and {state}; it is never accepted twice"
+    )

@@ -5,6 +5,11 @@ action, its (validated) arguments and the caller, expiring after ``CONFIRMATION_
 it: once, by the same caller, before it expires, for the same action and the same arguments; anything
 else is a ``ConfirmationRefused`` naming the reason. Every issue, acceptance and refusal is an event
 with its actor (``confirmation_requested``, ``confirmation_accepted``, ``confirmation_refused``).
+
+Every adapter uses these: the MCP tools (``request_confirmation``), the HTTP API (a 428 answer with the
+id, redeemed by repeating the call with ``X-Diskci-Confirmation``) and the CLI (``--yes`` issues and
+redeems at once, ``confirm_at_once``). ``bound_arguments`` is what a confirmation binds: the arguments
+as the action's input validated them (after the caller's role, as ``invoke()`` checks it).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any
 from sqlalchemy import select, update
 
 from diskci.errors import Forbidden
+from diskci.platform.actions.catalog import ActionSpec, check_role, parse_input
 from diskci.platform.actions.events import record_event
-from diskci.platform.db.models import Confirmation, utcnow
+from diskci.platform.db.models import Confirmation, Role, utcnow
 from diskci.platform.db.session import Database
 
 CONFIRMATION_TTL = timedelta(minutes=5)
@@ -39,6 +45,12 @@ class ConfirmationRefused(Forbidden):
 class Issued:
     confirmation_id: str
     expires_at: datetime
+
+
+def bound_arguments(spec: ActionSpec, data: Any, role: Role) -> dict[str, Any]:
+    """``data`` validated as ``spec``'s input for a caller with ``role``, as the JSON a confirmation binds."""
+    check_role(spec, role)
+    return parse_input(spec, data).model_dump(mode="json", by_alias=True)
 
 
 def issue(database: Database, action: str, arguments: dict[str, Any], *, actor: str) -> Issued:
@@ -140,3 +152,11 @@ def record_answer(
             record_event(session, "confirmation_accepted", subject=action, payload=payload)
         else:
             record_event(session, "confirmation_refused", subject=action, reason=reason, payload=payload)
+
+
+def confirm_at_once(database: Database, action: str, arguments: dict[str, Any], *, actor: str) -> None:
+    """Issue a confirmation and redeem it at once: the caller confirmed beforehand (the CLI's ``--yes``).
+
+    Both events are recorded, as for a confirmation answered later."""
+    issued = issue(database, action, arguments, actor=actor)
+    redeem(database, issued.confirmation_id, action, arguments, actor=actor)

@@ -16,10 +16,16 @@ the operator directly (decline or cancel changes nothing); otherwise the call re
 ``ConfirmationRequired`` with what it would do and a one-time ``confirmation_id`` (see
 ``platform.mcp.confirmations``), which the assistant passes to ``request_confirmation`` with the same
 action and arguments once the operator agreed.
+
+The runbook's guidance is served too (``platform.mcp.guidance``): a prompt per operator intent (which
+tools to chain, what to remind), and resources: ``diskci://platforms``, ``diskci://publications``,
+``diskci://events/recent`` (read through the read-only actions, as the caller) and the troubleshooting
+table ``diskci://guide/troubleshooting``.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -32,11 +38,15 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.elicitation import AcceptedElicitation, ElicitationResult
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.context import Context
+from mcp.server.mcpserver.prompts import Prompt
+from mcp.server.mcpserver.prompts.base import PromptArgument as McpPromptArgument
 from mcp.server.mcpserver.resolve import Elicit, Resolve, build_resolver_plans, find_resolved_parameters
+from mcp.server.mcpserver.resources import FunctionResource, Resource
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp.server.request_state import RequestStateSecurity
-from mcp_types import CallToolResult, ListToolsResult, TextContent, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, ListToolsResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from diskci import __version__
@@ -45,15 +55,13 @@ from diskci.platform.actions.catalog import (
     ActionModel,
     ActionSpec,
     ConfirmationRequired,
-    check_role,
     get_action,
     invoke,
     load_all,
-    parse_input,
 )
 from diskci.platform.db.models import Role
 from diskci.platform.db.session import Database
-from diskci.platform.mcp import confirmations
+from diskci.platform.mcp import confirmations, guidance
 from diskci.platform.ports import Ports
 from diskci.platform.settings import PlatformSettings
 
@@ -184,6 +192,35 @@ def _confirm_message(spec: ActionSpec, arguments: dict[str, Any]) -> str:
     )
 
 
+# The request being handled (set by the server's middleware): how a resource read knows its caller.
+_REQUEST: contextvars.ContextVar[ServerRequestContext[Any, Any] | None] = contextvars.ContextVar(
+    "diskci_mcp_request", default=None
+)
+
+
+@dataclass(frozen=True)
+class DataResource:
+    """A resource read through a read-only action (with its default input), as the caller."""
+
+    uri: str
+    name: str
+    title: str
+    action: str
+
+
+DATA_RESOURCES = (
+    DataResource("diskci://platforms", "platforms", "Node platforms", "system_list_node_platforms"),
+    DataResource(
+        "diskci://publications",
+        "publications",
+        "Disk image publications (newest first)",
+        "system_list_disk_image_publications",
+    ),
+    DataResource("diskci://events/recent", "recent-events", "Recent events", "system_list_recent_events"),
+)
+TROUBLESHOOTING_URI = "diskci://guide/troubleshooting"
+
+
 # ---- the server ------------------------------------------------------------------------------------
 
 
@@ -231,8 +268,7 @@ class DiskciMcp:
 
     def _check(self, spec: ActionSpec, caller: Caller, arguments: dict[str, Any]) -> dict[str, Any]:
         """The arguments validated as ``spec``'s input (after the role, as ``invoke()`` does)."""
-        check_role(spec, caller.role)
-        return parse_input(spec, arguments).model_dump(mode="json", by_alias=True)
+        return confirmations.bound_arguments(spec, arguments, caller.role)
 
     def action_tool(self, spec: ActionSpec) -> Tool:
         if spec.destructive:
@@ -361,6 +397,80 @@ class DiskciMcp:
             run,
         )
 
+    def prompts(self) -> list[Prompt]:
+        """One prompt per operator intent of the runbook."""
+        out = []
+        for intent in guidance.INTENTS:
+
+            def render(_intent: guidance.Intent = intent, **arguments: str) -> str:
+                text = guidance.render(_intent, arguments)
+                if self.read_only:
+                    text += "\n\nThis server is read-only: only the read-only tools are offered here."
+                return text
+
+            arguments = [
+                McpPromptArgument(name=a.name, description=a.description, required=a.required)
+                for a in intent.arguments
+            ]
+            out.append(
+                Prompt(
+                    name=intent.name,
+                    title=intent.title,
+                    description=intent.description,
+                    arguments=arguments,
+                    fn=render,
+                )
+            )
+        return out
+
+    def resources(self) -> list[Resource]:
+        """The platforms, publications and recent events, and the troubleshooting table."""
+        out: list[Resource] = []
+        for item in DATA_RESOURCES:
+            spec = get_action(item.action)
+
+            async def read(_spec: ActionSpec = spec) -> str:
+                request = _REQUEST.get()
+                try:
+                    caller = await self.caller_of(request)
+                except DiskciError as exc:
+                    raise _resource_error(exc) from exc
+                result = await self.invoke(_spec, {}, caller, confirmed=False)
+                if result.is_error:
+                    body = result.structured_content or {}
+                    raise MCPError(code=INVALID_PARAMS, message=str(body.get("detail")), data=body)
+                return json.dumps(result.structured_content, indent=2)
+
+            out.append(
+                FunctionResource(
+                    uri=item.uri,
+                    name=item.name,
+                    title=item.title,
+                    description=f"{spec.summary} (the {spec.name} tool with its defaults).",
+                    mime_type="application/json",
+                    fn=read,
+                )
+            )
+
+        def table() -> str:
+            return json.dumps(guidance.troubleshooting_table(), indent=2)
+
+        out.append(
+            FunctionResource(
+                uri=TROUBLESHOOTING_URI,
+                name="troubleshooting",
+                title="Troubleshooting: symptom -> the checks that diagnose it",
+                description=(
+                    "The runbook's troubleshooting table: each symptom, the tool calls that diagnose it "
+                    "(events with reasons, instance stats, the publication's failure reason) and what "
+                    "each reason code means."
+                ),
+                mime_type="application/json",
+                fn=table,
+            )
+        )
+        return out
+
     def visible(self, role: Role) -> set[str]:
         """The tools a caller with ``role`` sees."""
         names = {s.name for s in self.specs if role.allows(s.role)}
@@ -381,8 +491,11 @@ class DiskciMcp:
             request_state_security=RequestStateSecurity(
                 keys=[self._state_key()], bind_principal=self._principal, audience=SERVER_NAME
             ),
+            resources=self.resources(),
             middleware=[self._filter_listing],
         )
+        for prompt in self.prompts():
+            server.add_prompt(prompt)
         return server
 
     def _state_key(self) -> bytes:
@@ -397,7 +510,16 @@ class DiskciMcp:
         return caller.actor if isinstance(caller, Caller) else None
 
     async def _filter_listing(self, ctx: ServerRequestContext[Any, Any], call_next: Any) -> Any:
-        result = await call_next(ctx)
+        token = _REQUEST.set(ctx)
+        try:
+            result = await call_next(ctx)
+        except ValueError as exc:
+            if ctx.method != "prompts/get":
+                raise
+            # A missing required argument: the client's mistake, named (not an internal error).
+            raise MCPError(code=INVALID_PARAMS, message=str(exc)) from exc
+        finally:
+            _REQUEST.reset(token)
         if ctx.method != "tools/list" or result is None:
             return result
         try:
@@ -415,6 +537,11 @@ class DiskciMcp:
 
 # The key under which the HTTP transport leaves the authenticated ``Caller`` in the ASGI scope.
 CALLER_SCOPE_KEY = "diskci.mcp.caller"
+
+
+def _resource_error(exc: DiskciError) -> MCPError:
+    body = {"error": type(exc).__name__, "detail": exc.message}
+    return MCPError(code=INVALID_PARAMS, message=f"{body['error']}: {exc.message}", data=body)
 
 
 def _strict(model: type[BaseModel], arguments: dict[str, Any], what: str) -> Any:

@@ -2,8 +2,10 @@
 
 Layout: ``<root>/sha256/<first two hex>/<remaining 62 hex>``. A blob enters the cache only whole and
 only after its sha256 (and, when asked, its fs-verity digest) matched: it is streamed into a
-temporary file under ``<root>/tmp``, fsynced and renamed into place, so a process killed mid-download
-leaves at most a temporary file that ``collect_garbage`` removes later. Entries are never counted:
+temporary file under ``<root>/tmp`` (named ``<hex>.<pid>.<random>.part``), fsynced and renamed into
+place, so a process killed mid-download leaves at most a temporary file, which
+``remove_orphaned_temporaries`` removes when the platform starts (its process is gone) and
+``collect_garbage`` removes once stale. Entries are never counted:
 garbage collection keeps exactly the digests the database still references.
 """
 
@@ -24,6 +26,23 @@ from diskci.formats.fsverity import FsVerityHasher
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _STALE_TMP_SECONDS = 3600
+
+
+def _owner_alive(name: str) -> bool:
+    """Whether the process a temporary file's name carries (``<what>.<pid>.…``) is alive on this host."""
+    parts = name.split(".")
+    if len(parts) < 3 or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class InvalidDigest(InvalidRequest):
@@ -82,9 +101,29 @@ class BlobCache:
         """A fresh path in the cache's temporary directory (same file system) to download into."""
         hexpart = normalize_digest(digest)
         self._tmp.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{hexpart[:12]}.", suffix=".part", dir=self._tmp)
+        fd, name = tempfile.mkstemp(prefix=f"{hexpart[:12]}.{os.getpid()}.", suffix=".part", dir=self._tmp)
         os.close(fd)
         return Path(name)
+
+    def temporary_prefix(self, what: str) -> str:
+        """A ``tempfile`` prefix for other temporary files in the cache's directory: it names this
+        process, so ``remove_orphaned_temporaries`` can tell whose it is."""
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        return f"{what}.{os.getpid()}."
+
+    def remove_orphaned_temporaries(self) -> list[Path]:
+        """Remove the temporary files whose process is gone (``.part`` downloads, ``.tmp-*`` files, any
+        file not naming a live process of this host); returns what was removed."""
+        removed: list[Path] = []
+        if not self._tmp.is_dir():
+            return removed
+        for f in self._tmp.iterdir():
+            if _owner_alive(f.name):
+                continue
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                f.unlink()
+                removed.append(f)
+        return removed
 
     def adopt(
         self, digest: str, staged: Path, *, size: int | None = None, fsverity: str | None = None

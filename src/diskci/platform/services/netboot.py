@@ -15,19 +15,26 @@ configured ``public_base_url`` (never the request's ``Host``), the request's val
 grammar (or the answer is a 400) and reach URLs only URL-encoded, text in ``echo`` lines keeps only
 characters iPXE gives no meaning to, and a publication whose kernel command line holds others is not
 booted. Only the files a node needs to boot (``BOOT_FILES``) are served without a login.
+
+Boot reports need no login either, so nothing in one is trusted: ``parse_report`` accepts only the
+statuses and reasons the initramfs and the booted marker send and keeps a few bounded fields; the MAC
+and publication come from the report URL; ``record_report`` stores a report only for a known node and a
+published publication of its platform, at most ``REPORTS_PER_NODE_PER_MINUTE`` a minute, and answers
+the same either way. Reports are rate-limited per MAC and per source address (``check_report_rate``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import String, cast, select
+from sqlalchemy import String, cast, func, select
 from sqlalchemy.orm import Session
 
 from diskci.errors import InvalidRequest, NotFound
@@ -39,7 +46,12 @@ from diskci.platform.db.models import (
     PublicationStatus,
 )
 from diskci.platform.db.session import MAX_INTEGER
+from diskci.platform.services.ratelimit import RateLimited, TokenBuckets
+from diskci.platform.services.retention import cap_events
+from diskci.platform.settings import NETBOOT_REPORT_EVENTS_MAX
 from diskci.supplychain.verified import ArtifactRecord
+
+log = logging.getLogger(__name__)
 
 # iPXE's ${buildarch} → diskci architecture. A BIOS iPXE is an i386 build that boots x86_64 kernels.
 IPXE_ARCHES = {"x86_64": "amd64", "i386": "amd64", "arm64": "arm64"}
@@ -50,6 +62,27 @@ BOOT_SCRIPT = "boot.ipxe"
 BOOT_FILES = frozenset({KERNEL, INITRD, ROOT_IMAGE, BOOT_SCRIPT})  # served without a login
 REPORT_PATH = "/api/v1/netboot/report"
 MAX_REPORT_BYTES = 64 * 1024
+REPORT_EVENT = "netboot_report"
+# What the initramfs (init.sh's ``report``/``fail``) and the booted marker (rootimage.py) send.
+REPORT_STATUSES = frozenset({"fetched", "verified", "switching_root", "booted", "error"})
+REPORT_REASONS = frozenset(
+    {
+        "bad_parameter",
+        "missing_parameter",
+        "download_failed",
+        "device_not_found",
+        "read_failed",
+        "sha256_mismatch",
+        "mount_failed",
+        "no_init",
+        "network_unavailable",
+    }
+)
+REPORT_TEXT_FIELDS = {"message": 1024, "root": 512, "root_sha256": 64, "platform": 128, "version": 128}
+REPORTS_PER_NODE_PER_MINUTE = 30  # stored per node, across replicas (counted in the database)
+REPORT_RATE_PER_MAC = (0.2, 20)  # (tokens a second, burst) per MAC, per process
+REPORT_RATE_PER_SOURCE = (2.0, 120)  # (tokens a second, burst) per source address, per process
+_CAP_EVERY = 50  # every 50th report event trims the report events to ``netboot_report_events_max``
 RETRY_SECONDS = 30
 _MAC = re.compile(r"^[0-9a-f]{2}([:-][0-9a-f]{2}){5}$")
 _UUID = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # iPXE's ${uuid}: an SMBIOS UUID
@@ -216,8 +249,16 @@ class _TtlCache:
 class NetbootService:
     """Resolves machines to boot targets and records their reports."""
 
-    def __init__(self, *, cache_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        cache_seconds: float = 1.0,
+        report_rate_per_mac: tuple[float, float] = REPORT_RATE_PER_MAC,
+        report_rate_per_source: tuple[float, float] = REPORT_RATE_PER_SOURCE,
+    ) -> None:
         self._cache = _TtlCache(cache_seconds)
+        self._per_mac = TokenBuckets(rate=report_rate_per_mac[0], burst=report_rate_per_mac[1])
+        self._per_source = TokenBuckets(rate=report_rate_per_source[0], burst=report_rate_per_source[1])
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -309,34 +350,153 @@ class NetbootService:
         return NetbootService.servable_file(session, publication_id, arch, name).model_dump(mode="json")
 
     # --- reports ---------------------------------------------------------------------------------
+    def check_report_rate(self, *, mac: str | None = None, source: str | None = None) -> None:
+        """Take a token for ``mac`` and for ``source``; ``RateLimited`` when either has none left."""
+        if source is not None and not self._per_source.allow(source):
+            raise RateLimited(
+                f"too many boot reports from {source[:64]}", retry_after=self._per_source.retry_after()
+            )
+        if mac is not None and not self._per_mac.allow(mac):
+            raise RateLimited(f"too many boot reports for MAC {mac}", retry_after=self._per_mac.retry_after())
+
     @staticmethod
     def record_report(
-        session: Session, body: dict[str, Any], *, mac: str | None, publication: int | None
-    ) -> NodeInstance:
-        """Record a boot progress report on its NodeInstance, with a ``netboot_report`` event."""
-        mac = normalize_mac(mac or str(body.get("mac") or "")) if (mac or body.get("mac")) else None
-        if mac is None:
-            raise InvalidRequest('report: no MAC address (?mac= or "mac" in the body)')
-        stage = body.get("status") or body.get("event") or body.get("stage")
-        if not isinstance(stage, str) or not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}", stage):
-            raise InvalidRequest('report: "status" (or "event"/"stage") must be a short lower-case word')
-        node = NetbootService.node_by_mac(session, mac)
+        session: Session,
+        report: BootReport,
+        *,
+        source: str | None = None,
+        events_max: int = NETBOOT_REPORT_EVENTS_MAX,
+        per_node_per_minute: int = REPORTS_PER_NODE_PER_MINUTE,
+    ) -> bool:
+        """Record ``report`` on its NodeInstance, with a ``netboot_report`` event; whether it was stored.
+
+        Not stored (and the caller answers exactly as if it were, so a report reveals nothing about
+        which MACs are registered): an unknown MAC; a publication that is not a published one of the
+        node's platform (no node could have been served it); more than ``per_node_per_minute`` reports
+        for the node in the last minute, counted in the database so the cap holds across replicas.
+        Only the newest ``events_max`` report events are kept."""
+        node = NetbootService.node_by_mac(session, report.mac)
         if node is None:
-            raise NotFound(f"no NodeInstance has MAC {mac}")
+            log.info("netboot report for unknown MAC %s from %s: dropped", report.mac, source)
+            return False
+        pub = session.get(DiskImagePublication, report.publication)
+        if (
+            pub is None
+            or pub.platform_id != node.platform_id
+            or pub.status != PublicationStatus.PUBLISHED.value
+        ):
+            log.warning(
+                "netboot report from %s (%s) names publication %d, which %s was never served: dropped",
+                node.hostname,
+                source,
+                report.publication,
+                node.hostname,
+            )
+            return False
         now = datetime.now(UTC)
-        reason = body.get("reason")
-        record = {**body, "status": stage, "publication": publication, "received_at": now.isoformat()}
-        node.status = stage
-        node.last_report = record
-        node.last_seen = now
-        session.add(
-            Event(
-                type="netboot_report",
-                platform_id=node.platform_id,
-                subject=node.hostname,
-                reason=str(reason)[:64] if reason else stage,
-                payload={"mac": mac, "node_id": node.id, **record},
+        recent = session.scalar(
+            select(func.count())
+            .select_from(Event)
+            .where(
+                Event.type == REPORT_EVENT,
+                Event.created_at >= now - timedelta(minutes=1),
+                Event.subject == node.hostname,
             )
         )
+        if (recent or 0) >= per_node_per_minute:
+            log.warning("netboot reports for %s: over %d a minute, dropped", node.hostname, recent)
+            return False
+        record = {
+            **report.fields,
+            "status": report.status,
+            "publication": report.publication,
+            "received_at": now.isoformat(),
+            "source": source,
+        }
+        node.status = report.status
+        node.last_report = record
+        node.last_seen = now
+        event = Event(
+            type=REPORT_EVENT,
+            platform_id=node.platform_id,
+            subject=node.hostname,
+            reason=report.reason or report.status,
+            payload={**record, "mac": report.mac, "node_id": node.id},
+            created_at=now,
+        )
+        session.add(event)
         session.flush()
-        return node
+        if event.id % _CAP_EVERY == 0:
+            cap_events(session, REPORT_EVENT, keep=events_max)
+        return True
+
+
+@dataclass(frozen=True)
+class BootReport:
+    """A boot report as checked by ``parse_report``: who it is about comes from the request's query
+    (the URL the platform's own script gave the node) and never from the body."""
+
+    mac: str
+    publication: int
+    status: str
+    reason: str | None
+    fields: dict[str, Any]  # the report's other fields, known and bounded (see ``parse_report``)
+
+
+def _text(body: dict[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f'report: "{name}" must be a string')
+    return value[:limit]
+
+
+def parse_report(body: dict[str, Any], *, mac: str | None, publication: int | None) -> BootReport:
+    """Check a report's body (``parse_json``'s output) and its query; ``InvalidRequest`` if wrong.
+
+    The status (``"status"``, or ``"event"`` as the initramfs sends it, or ``"stage"``) is one of
+    ``REPORT_STATUSES``, an error's reason one of ``REPORT_REASONS``. The MAC is ``?mac=``, or the
+    body's ``"mac"`` only when the query has none (a ``?platform=`` boot); the publication is
+    ``?publication=``. Of the rest only ``REPORT_TEXT_FIELDS`` are kept, each cut to its length, and a
+    numeric ``uptime``; anything else in the body is dropped."""
+    if publication is None:
+        raise InvalidRequest("report: no ?publication= (the report URL of the boot script has it)")
+    if not 1 <= publication <= MAX_INTEGER:
+        raise InvalidRequest(f"report: publication {publication} is out of range")
+    raw_mac = mac or body.get("mac")
+    if not raw_mac:
+        raise InvalidRequest('report: no MAC address (?mac= or "mac" in the body)')
+    if not isinstance(raw_mac, str):
+        raise InvalidRequest('report: "mac" must be a string')
+    status = body.get("status") or body.get("event") or body.get("stage")
+    if not isinstance(status, str) or status not in REPORT_STATUSES:
+        shown = status[:40] if isinstance(status, str) else status
+        raise InvalidRequest(
+            f'report: "status" (or "event") {shown!r} is not one of {", ".join(sorted(REPORT_STATUSES))}'
+        )
+    reason = _text(body, "reason", 64)
+    if reason is not None and reason not in REPORT_REASONS:
+        raise InvalidRequest(
+            f"report: reason {reason[:40]!r} is not one of {', '.join(sorted(REPORT_REASONS))}"
+        )
+    fields: dict[str, Any] = {}
+    if reason is not None:
+        fields["reason"] = reason
+    for name, limit in REPORT_TEXT_FIELDS.items():
+        value = _text(body, name, limit)
+        if value is not None:
+            fields[name] = value
+    sha = fields.get("root_sha256")
+    if sha is not None and not _SHA256.fullmatch(sha):
+        del fields["root_sha256"]
+    uptime = body.get("uptime")
+    if isinstance(uptime, int | float) and not isinstance(uptime, bool) and 0 <= uptime < 10**9:
+        fields["uptime"] = uptime
+    return BootReport(
+        mac=normalize_mac(raw_mac),
+        publication=publication,
+        status=status,
+        reason=reason,
+        fields=fields,
+    )

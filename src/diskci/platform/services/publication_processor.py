@@ -27,8 +27,10 @@ image gets no row.
 Idempotence: publications are unique per (platform, index digest). The row is claimed first (inserted
 as ``processing``, or taken over from ``processing``/``failed``); the final write is a compare-and-set
 from that state, so the same manifest delivered twice, processed concurrently, or retried after a
-queue consumer died mid-way gives exactly one publication and one ``disk_image_published`` event. The blob
-cache only ever holds whole, verified blobs, so a retry reuses what was already downloaded.
+queue consumer died mid-way gives exactly one publication and one ``disk_image_published`` event. A row
+left ``processing`` by a dead consumer is taken over when the delivery is recovered
+(``diskci.platform.tasks.recover_deliveries``). The blob cache only ever holds whole, verified blobs, so a
+retry reuses what was already downloaded; a dead consumer's partial download is removed at start.
 """
 
 from __future__ import annotations
@@ -436,7 +438,8 @@ class DiskImagePublicationProcessor:
                 )
             return load_trusted_root(path)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=self.work_dir, suffix=".json") as f:
+        prefix = self.blobs.temporary_prefix("trusted-root")
+        with tempfile.NamedTemporaryFile("w", dir=self.work_dir, prefix=prefix, suffix=".json") as f:
             f.write(info.trusted_root)
             f.flush()
             try:

@@ -14,6 +14,10 @@ on PostgreSQL, a lock row in ``tasks`` on SQLite), then for each publication del
 row ``pruned`` (kept for audit) with a ``disk_image_publication_pruned`` event. A registry failure
 leaves the row as it was, with a ``disk_image_publication_prune_failed`` event, for the next run.
 Blob-cache entries no longer referenced by any unpruned publication are removed last.
+
+Events are bounded too: a sweep deletes every event older than ``event_retention_days``, and
+``cap_events`` keeps only the newest rows of one kind (boot reports call it as they are written, so a
+flood of reports never outgrows ``netboot_report_events_max`` rows between two sweeps).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import Text, cast, delete, select, text, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, RegistryError
 from diskci.platform.db.models import (
@@ -42,6 +47,7 @@ from diskci.platform.db.models import (
 )
 from diskci.platform.db.session import Database, rowcount
 from diskci.platform.services.blobcache import BlobCache
+from diskci.platform.settings import EVENT_RETENTION_DAYS
 from diskci.supplychain.verified import PublicationArtifacts
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,7 @@ class SweepResult:
     failed: dict[int, str] = field(default_factory=dict)
     blobs_removed: int = 0
     bytes_freed: int = 0
+    events_removed: int = 0
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,7 +112,33 @@ class SweepResult:
             "failed": {str(k): v for k, v in self.failed.items()},
             "blobs_removed": self.blobs_removed,
             "bytes_freed": self.bytes_freed,
+            "events_removed": self.events_removed,
         }
+
+
+def prune_old_events(session: Session, *, before: datetime) -> int:
+    """Delete every event created before ``before``; how many were deleted."""
+    return rowcount(
+        session.execute(
+            delete(Event).where(Event.created_at < before).execution_options(synchronize_session=False)
+        )
+    )
+
+
+def cap_events(session: Session, type: str, *, keep: int) -> int:
+    """Keep only the newest ``keep`` events of ``type`` (by id); how many older ones were deleted."""
+    cutoff = session.scalar(
+        select(Event.id).where(Event.type == type).order_by(Event.id.desc()).offset(keep).limit(1)
+    )
+    if cutoff is None:
+        return 0
+    return rowcount(
+        session.execute(
+            delete(Event)
+            .where(Event.type == type, Event.id <= cutoff)
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def delete_publication(reference: str, index_digest: str, manifest_digests: list[str]) -> None:
@@ -143,12 +176,14 @@ class DiskImageRetentionService:
         deleter: PublicationDeleter,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         blob_min_age_seconds: float = 3600,
+        event_retention_days: int = EVENT_RETENTION_DAYS,
     ) -> None:
         self.database = database
         self.blobs = blobs
         self.deleter = deleter
         self.clock = clock
         self.blob_min_age_seconds = blob_min_age_seconds
+        self.event_retention_days = event_retention_days
 
     # --- selection -------------------------------------------------------------------------------
     def candidates(self, *, platform: str | None = None) -> list[Candidate]:
@@ -255,7 +290,17 @@ class DiskImageRetentionService:
         )
         result.blobs_removed = len(gc.removed)
         result.bytes_freed = gc.freed_bytes
+        if not dry_run:
+            result.events_removed = self.prune_events()
         return result
+
+    def prune_events(self) -> int:
+        """Delete the events older than ``event_retention_days``; how many were deleted."""
+        with self.database.session() as s:
+            removed = prune_old_events(s, before=self.clock() - timedelta(days=self.event_retention_days))
+        if removed:
+            log.info("retention: %d events older than %d days deleted", removed, self.event_retention_days)
+        return removed
 
     def _prune_one(self, cand: Candidate) -> bool:
         """Prune one candidate; False when it stopped being one since the selection (made default)."""
