@@ -275,3 +275,24 @@ def test_ipxe_script_boots_relative_urls(ctx: BuildContext) -> None:
 def test_ipxe_refuses_settings_in_the_command_line() -> None:
     with pytest.raises(BuildError, match="iPXE settings"):
         ipxe.render(platform="p", version="1", arch="amd64", root_sha256="0" * 64, cmdline="x=${net0/ip}")
+
+
+def test_disk_and_cdrom_drivers_are_listed_apart() -> None:
+    dep = "".join(
+        f"kernel/{name}.ko:{deps}\n"
+        for name, deps in (
+            ("virtio_pci", ""),
+            ("virtio_net", ""),
+            ("loop", ""),
+            ("overlay", ""),
+            ("erofs", ""),
+            ("libahci", ""),
+            ("ahci", " kernel/libahci.ko"),
+            ("crc64", ""),
+            ("nvme", " kernel/crc64.ko"),
+        )
+    )
+    modules = builder.select_modules(dep, "kernel/squashfs.ko\n", "softdep nvme pre: crc64\n")
+    assert modules.load == ("virtio_pci", "virtio_net", "loop", "overlay", "erofs", "crc64", "nvme", "ahci")
+    assert modules.local == {"ahci", "crc64", "nvme"}  # crc64: pulled in only by nvme
+    assert "kernel/libahci.ko" in modules.paths

@@ -226,3 +226,14 @@ def test_report_escapes_json(server: tuple[str, type[_Server]]) -> None:
             "uptime": handler.posts[0]["uptime"],
         }
     ]
+
+
+@pytest.mark.parametrize("kind", ["http", "partlabel", "cdrom"])
+def test_disk_and_cdrom_drivers_load_only_for_a_local_root(tmp_path: Path, kind: str) -> None:
+    (tmp_path / "modules").write_text("virtio_net\ncrc32c_intel quiet\n")
+    (tmp_path / "modules.local").write_text("ahci\n")
+    script = 'MODULES_LIST="$1/modules"; ROOT_KIND="$2"; modprobe() { echo "modprobe $1"; }; load_modules'
+    proc = sh(script, str(tmp_path), kind)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    local = [] if kind == "http" else ["modprobe ahci"]
+    assert proc.stdout.splitlines() == ["modprobe virtio_net", "modprobe crc32c_intel", *local]

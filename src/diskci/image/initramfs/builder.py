@@ -47,6 +47,14 @@ OPTIONAL_MODULES = (
     "nls_ascii",
     "nls_utf8",
 )
+# Loaded only for a disk or CD-ROM root (an http root needs none of them before the switch; the booted
+# system's udev loads what its hardware needs): listed in /etc/diskci/modules.local instead.
+LOCAL_ROOT_MODULES = frozenset(
+    (
+        *("virtio_blk", "virtio_scsi", "nvme", "ahci", "ata_piix", "ata_generic", "sd_mod", "sr_mod"),
+        *("isofs", "vfat", "nls_cp437", "nls_ascii", "nls_utf8"),
+    )
+)
 # Busybox applets init.sh and udhcpc.sh run as commands.
 INIT_APPLETS = frozenset(
     (
@@ -85,13 +93,15 @@ class ModuleSet:
     """The modules to include: stored paths (relative to /lib/modules/<version>) and the load list.
 
     ``load`` holds module names in load order; ``quiet`` those whose failure to load is expected (soft
-    dependencies such as a CPU-specific crc32c, which the emulated CPU may lack).
+    dependencies such as a CPU-specific crc32c, which the emulated CPU may lack); ``local`` those
+    only a disk or CD-ROM root needs (``LOCAL_ROOT_MODULES`` and what only they pulled in).
     """
 
     paths: tuple[str, ...]
     load: tuple[str, ...]
     quiet: frozenset[str]
     builtin: tuple[str, ...]
+    local: frozenset[str] = frozenset()
 
 
 def parse_modules_dep(text: str) -> dict[str, tuple[str, list[str]]]:
@@ -140,7 +150,9 @@ def select_modules(
     chosen: set[str] = set()
     load: list[str] = []
     quiet: set[str] = set()
+    local: set[str] = set()
     in_kernel: list[str] = []
+    wanted_for_local = False
 
     def closure(path: str) -> list[str]:
         if path not in by_path:
@@ -161,9 +173,13 @@ def select_modules(
             load.append(name)
             if soft:
                 quiet.add(name)
+            if wanted_for_local:
+                local.add(name)
 
     missing = []
-    for name in (*REQUIRED_MODULES, *OPTIONAL_MODULES):
+    optional = sorted(OPTIONAL_MODULES, key=lambda m: m in LOCAL_ROOT_MODULES)  # the local ones last
+    for name in (*REQUIRED_MODULES, *optional):
+        wanted_for_local = name in LOCAL_ROOT_MODULES
         if name in deps:
             add(name, soft=False)
         elif name in builtin:
@@ -175,7 +191,7 @@ def select_modules(
             f"the kernel has neither module nor built-in driver for: {', '.join(missing)}",
             hint="diskci's netboot init needs virtio networking, loop, squashfs and overlay.",
         )
-    return ModuleSet(tuple(sorted(chosen)), tuple(load), frozenset(quiet), tuple(in_kernel))
+    return ModuleSet(tuple(sorted(chosen)), tuple(load), frozenset(quiet), tuple(in_kernel), frozenset(local))
 
 
 def _uncompressed(path: str, data: bytes) -> tuple[str, bytes]:
@@ -255,8 +271,10 @@ def build_archive(root: RootfsTarball, *, mtime: int) -> tuple[CpioArchive, str,
     a.add_file(f"{moddir}/modules.alias", _filter_lines(texts["modules.alias"], kept_names, -1, {}).encode())
     a.add_file(f"{moddir}/modules.builtin", texts["modules.builtin"].encode())
     a.add_file(f"{moddir}/modules.softdep", texts["modules.softdep"].encode())
-    listing = "".join(f"{m} quiet\n" if m in modules.quiet else f"{m}\n" for m in modules.load)
-    a.add_file("etc/diskci/modules", listing.encode())
+    for listed, local in (("modules", False), ("modules.local", True)):
+        names = [m for m in modules.load if (m in modules.local) == local]
+        listing = "".join(f"{m} quiet\n" if m in modules.quiet else f"{m}\n" for m in names)
+        a.add_file(f"etc/diskci/{listed}", listing.encode())
     return a, version, modules
 
 
