@@ -44,11 +44,14 @@ checks that this drawing and the classes agree:
         ├── RetryLater               (platform.services.publication_processor) 503: a transient failure
         ├── SecretDecryptionFailed   (platform.secrets) the secret key changed, or the value was altered
         ├── NotFound                 404
+        │   ├── CiJobNotFound        (platform.actions.ci_runs)
+        │   ├── CiRunNotFound        (platform.actions.ci_runs)
         │   ├── ListingUnavailable   (platform.actions.publication_diff) no listing to diff, and why
         │   ├── PlatformNotFound     (platform.actions.platforms)
         │   ├── PublicationNotFound  (platform.actions.publications)
         │   ├── TaskNotFound         (platform.actions.events)
-        │   └── TokenNotFound        (platform.actions.tokens)
+        │   ├── TokenNotFound        (platform.actions.tokens)
+        │   └── UnknownTask          (platform.http.runner_protocol) not a task of the calling runner
         ├── Conflict                 409
         │   ├── ConcurrentChange     (platform.actions.catalog) a racing change won
         │   ├── MacAddressInUse      (platform.actions.instances)
@@ -61,15 +64,23 @@ checks that this drawing and the classes agree:
         │   ├── BadSignature         (platform.http.webhooks)
         │   ├── InvalidToken         (platform.actions.tokens)
         │   ├── MissingToken         (platform.http.auth)
+        │   ├── NotSignedIn          (platform.web.session) the dashboard has no live session
+        │   ├── RegistrationTokenRefused  (platform.ci.runners) unknown, used or expired
+        │   ├── RunnerUnauthenticated    (platform.ci.runners) no live runner's uuid and token
         │   ├── StaleDelivery        (platform.http.webhooks)
         │   └── UnknownTokenName     (platform.mcp.transport) the stdio server's token is gone
         ├── Forbidden                403
-        │   └── ConfirmationRefused  (platform.mcp.confirmations) unknown, foreign, spent, expired
+        │   ├── ConfirmationRefused  (platform.mcp.confirmations) unknown, foreign, spent, expired
+        │   └── CsrfRefused          (platform.web.session) a dashboard form without its CSRF token
         └── InvalidRequest           400, exit 2
             ├── ConfirmationRequired (platform.actions.catalog) 428: a destructive action, unconfirmed
             ├── InvalidDigest        (platform.services.blobcache) not a sha256 digest
+            ├── InvalidExpression    (platform.ci.expressions) a ${{ }} a workflow's job cannot be split by
+            ├── InvalidForm          (platform.web.routes) a dashboard form with too many fields
             ├── InvalidMacAddress    (platform.actions.instances) also a ValueError, for pydantic
             ├── InvalidPlatform      (platform.actions.platforms)
+            ├── InvalidRunnerLabels  (platform.ci.runners)
+            ├── InvalidWorkflow      (platform.ci.jobs) a workflow file that cannot be split into jobs
             ├── MalformedDelivery    (platform.http.webhooks)
             ├── NoDefaultPublication (platform.actions.publication_diff) nothing to diff from
             ├── PublicationOfAnotherPlatform  (platform.actions.publication_diff)

@@ -188,8 +188,12 @@ def parse_spec(data: Any, source: str = "<spec>") -> PlatformSpec:
     if not isinstance(data, dict):
         raise SpecError(source, [("(spec)", "expected a mapping of keys to values at the top level")])
     try:
+        as_json = json.dumps(data, default=str)
+    except (TypeError, ValueError, RecursionError) as exc:  # a non-text key, a cycle, too deep
+        raise SpecError(source, [("(spec)", f"not plain data: {exc}")]) from None
+    try:
         # JSON mode: strict types, while enums and tuples are read from their plain YAML forms.
-        return PlatformSpec.model_validate_json(json.dumps(data, default=str))
+        return PlatformSpec.model_validate_json(as_json)
     except ValidationError as exc:
         raise SpecError(source, _problems(exc)) from None
 
@@ -197,11 +201,15 @@ def parse_spec(data: Any, source: str = "<spec>") -> PlatformSpec:
 def load_spec(path: Path) -> PlatformSpec:
     """Read and validate a YAML spec file; every problem is reported in one SpecError."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise SpecError(str(path), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(str(path), [("(file)", f"not UTF-8 text (at byte {exc.start})")]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SpecError(str(path), [("(yaml)", str(exc).replace("\n", " "))]) from None
+    except (ValueError, RecursionError) as exc:  # a YAML value out of range (a date in year 0), too deep
+        raise SpecError(str(path), [("(yaml)", f"unreadable value: {exc}")]) from None
     return parse_spec(data, str(path))

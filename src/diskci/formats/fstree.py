@@ -325,7 +325,10 @@ def _pax_xattrs(member: tarfile.TarInfo) -> dict[bytes, bytes]:
     for key, value in member.pax_headers.items():
         if key.startswith("LIBARCHIVE.xattr."):
             name = urllib.parse.unquote_to_bytes(key[len("LIBARCHIVE.xattr.") :])
-            out.setdefault(name, base64.b64decode(value + "=" * (-len(value) % 4)))
+            try:
+                out.setdefault(name, base64.b64decode(value + "=" * (-len(value) % 4)))
+            except ValueError:  # binascii.Error, or not ASCII
+                raise TreeFormatError(f"tar entry {member.name!r}: bad base64 in PAX {key!r}") from None
     for key, value in member.pax_headers.items():
         if key.startswith("SCHILY.xattr."):
             name = key[len("SCHILY.xattr.") :].encode("utf-8", "surrogateescape")
@@ -402,7 +405,12 @@ class _TarBuilder:
             node.target = os.fsencode(m.linkname)
             node.size = len(node.target)
         elif kind in (stat.S_IFCHR, stat.S_IFBLK):
-            node.rdev = os.makedev(m.devmajor, m.devminor)
+            try:
+                node.rdev = os.makedev(m.devmajor, m.devminor)
+            except (OverflowError, ValueError):
+                raise TreeFormatError(
+                    f"tar entry {m.name!r}: device number {m.devmajor}:{m.devminor} out of range"
+                ) from None
         elif kind == stat.S_IFDIR:
             node.children = {}
         self.explicit.add(parts)

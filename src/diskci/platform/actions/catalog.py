@@ -44,6 +44,7 @@ ACTION_MODULES = (
     "diskci.platform.actions.publication_diff",
     "diskci.platform.actions.retention",
     "diskci.platform.actions.events",
+    "diskci.platform.actions.ci_runs",
     "diskci.platform.actions.tokens",
 )
 

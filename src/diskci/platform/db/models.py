@@ -331,3 +331,152 @@ class Confirmation(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CiStatus(StrEnum):
+    """Where a CI run or job is, in Gitea's words (``waiting``: a job whose ``needs`` are not done)."""
+
+    QUEUED = "queued"
+    WAITING = "waiting"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+class CiConclusion(StrEnum):
+    """How a completed CI run or job ended, in Gitea's words."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+class CiRunnerStatus(StrEnum):
+    ONLINE = "online"
+    BUSY = "busy"
+    OFFLINE = "offline"
+    REVOKED = "revoked"
+
+
+class CiRun(Base):
+    """One run of a platform's build workflow at a ref (the embedded CI backend); its jobs are ``CiJob``."""
+
+    __tablename__ = "ci_runs"
+    __table_args__ = (Index("ix_ci_runs_platform_created", "platform_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the run_id
+    platform_id: Mapped[int] = mapped_column(ForeignKey("node_platforms.id", ondelete="CASCADE"))
+    ref: Mapped[str] = mapped_column(String(255))
+    sha: Mapped[str] = mapped_column(String(64), default="")
+    event: Mapped[str] = mapped_column(String(32), default="push")
+    workflow: Mapped[str] = mapped_column(Text, default="")  # the workflow file at that ref
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # a workflow_dispatch's inputs
+    status: Mapped[str] = mapped_column(String(16), default=CiStatus.QUEUED.value, index=True)
+    conclusion: Mapped[str | None] = mapped_column(String(16), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    publication_id: Mapped[int | None] = mapped_column(
+        ForeignKey("disk_image_publications.id", ondelete="SET NULL"), default=None
+    )
+
+    platform: Mapped[NodePlatform] = relationship(lazy="joined")
+    jobs: Mapped[list[CiJob]] = relationship(
+        back_populates="run", order_by="CiJob.position", cascade="all, delete-orphan"
+    )
+
+
+class CiRunner(Base):
+    """A CI worker registered over Gitea's runner protocol; only its token's SHA-256 is stored."""
+
+    __tablename__ = "ci_runners"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    version: Mapped[str] = mapped_column(String(64), default="")
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=CiRunnerStatus.ONLINE.value)
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("node_instances.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[datetime | None] = mapped_column(default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CiJob(Base):
+    """One job of a run: a workflow job, or one combination of its matrix, as Gitea splits them.
+
+    ``payload`` is the one-job workflow handed to the runner; ``needs`` names the workflow job ids it
+    waits for; ``labels`` are its ``runs-on`` labels, all of which a runner must have. ``log_length``
+    counts the log rows kept (``CiLogRow``); past the cap the rows are dropped (``log_truncated``) but
+    still acknowledged. While ``in_progress`` the runner's calls renew ``lease_expires_at``.
+    """
+
+    __tablename__ = "ci_jobs"
+    __table_args__ = (
+        UniqueConstraint("run_id", "name"),
+        Index("ix_ci_jobs_status_created", "status", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the task id of the runner protocol
+    run_id: Mapped[int] = mapped_column(ForeignKey("ci_runs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    job_id: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(255))
+    matrix: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    needs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    payload: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default=CiStatus.QUEUED.value)
+    conclusion: Mapped[str | None] = mapped_column(String(16), default=None)
+    failure_reason: Mapped[str | None] = mapped_column(String(64), default=None)  # ``worker_lost``, ...
+    runner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("ci_runners.id", ondelete="SET NULL"), default=None
+    )
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    log_length: Mapped[int] = mapped_column(Integer, default=0)
+    log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    log_complete: Mapped[bool] = mapped_column(Boolean, default=False)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    completed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    run: Mapped[CiRun] = relationship(back_populates="jobs")
+    runner: Mapped[CiRunner | None] = relationship(lazy="joined")
+
+
+class CiLogRow(Base):
+    """One log row of a job, by its index in the job's log (0, 1, ...; no gaps, no doubles)."""
+
+    __tablename__ = "ci_log_rows"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("ci_jobs.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    time: Mapped[datetime | None] = mapped_column(default=None)
+    content: Mapped[str] = mapped_column(Text, default="")
+
+
+class RunnerRegistrationToken(Base):
+    """A one-time token a CI worker registers with (only its SHA-256 is stored); spent at ``used_at``."""
+
+    __tablename__ = "runner_registration_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    labels: Mapped[list[str]] = mapped_column(JSON, default=list)
+    instance_id: Mapped[int | None] = mapped_column(
+        ForeignKey("node_instances.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(default=None)
+    runner_id: Mapped[int | None] = mapped_column(
+        ForeignKey("ci_runners.id", ondelete="SET NULL"), default=None
+    )

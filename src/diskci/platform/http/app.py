@@ -48,6 +48,8 @@ from diskci.platform.http.auth import Principal, PrincipalDep
 from diskci.platform.http.errors import error_response, http_error_response
 from diskci.platform.http.jsonbody import parse_json_object
 from diskci.platform.http.limits import BodyLimitMiddleware, RouteLimits
+from diskci.platform.http.runner_protocol import BODY_LIMITS as RUNNER_LIMITS
+from diskci.platform.http.runner_protocol import router as runner_protocol_router
 from diskci.platform.mcp import confirmations
 from diskci.platform.ports import EnqueuePublication, Ports
 from diskci.platform.services.netboot import MAX_REPORT_BYTES, REPORT_PATH
@@ -278,7 +280,7 @@ def create_app(
         version=__version__,
         description="Control plane of diskci: node platforms, webhooks, publications, netboot, retention.",
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # Swagger UI and ReDoc are served from installed assets by mount_web below
         redoc_url=None,
     )
     app.state.settings = settings
@@ -293,7 +295,11 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     limits = RouteLimits(
         default=settings.api_max_body_bytes,
-        routes={WEBHOOK_PATH: settings.webhook_max_body_bytes, REPORT_PATH: MAX_REPORT_BYTES},
+        routes={
+            WEBHOOK_PATH: settings.webhook_max_body_bytes,
+            REPORT_PATH: MAX_REPORT_BYTES,
+            **RUNNER_LIMITS,
+        },
     )
     app.add_middleware(BodyLimitMiddleware, limits=limits)
 
@@ -309,7 +315,11 @@ def create_app(
     from diskci.platform.http.webhooks import router as webhook_router
 
     app.include_router(webhook_router)
+    app.include_router(runner_protocol_router)  # Gitea's runner protocol at /api/actions
     add_action_routes(app)
+    from diskci.platform.web import mount_web
+
+    mount_web(app, docs_url=f"{API_PREFIX}/docs", redoc_url=f"{API_PREFIX}/redoc")  # dashboard at /
     try:
         netboot = importlib.import_module("diskci.platform.http.netboot")
     except ModuleNotFoundError as exc:

@@ -11,7 +11,7 @@ publication (rootfs.tar, disk images, SBOM, ...) needs a bearer token (any role)
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -44,6 +44,28 @@ IPXE_MEDIA_TYPE = "text/plain; charset=utf-8"
 _DOWNLOAD_CHUNK = 1 << 20
 
 router = APIRouter(tags=["netboot"])
+
+_ERROR_JSON = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+_IPXE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a bad request, as an iPXE script that prints why", "content": {"text/plain": {}}},
+    503: {"description": "the database is unavailable", "content": _ERROR_JSON},
+}
+_ARTIFACT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the artifact's bytes", "content": {"application/octet-stream": {}}},
+    206: {"description": "the requested range", "content": {"application/octet-stream": {}}},
+    304: {"description": "not modified (If-None-Match)"},
+    400: {"description": "invalid path (publication id not a 64-bit integer)", "content": _ERROR_JSON},
+    401: {"description": "a non-boot artifact without a valid bearer token", "content": _ERROR_JSON},
+    404: {"description": "no such servable publication, architecture or artifact", "content": _ERROR_JSON},
+    416: {"description": "the requested range is not satisfiable"},
+    503: {"description": "the database is unavailable", "content": _ERROR_JSON},
+}
+_REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "a malformed report", "content": _ERROR_JSON},
+    413: {"description": "the body is over MAX_REPORT_BYTES", "content": _ERROR_JSON},
+    429: {"description": "too many reports from this address or MAC", "content": _ERROR_JSON},
+    503: {"description": "the database is unavailable", "content": _ERROR_JSON},
+}
 
 
 class _State:
@@ -81,13 +103,20 @@ class _VerifiedFile(FileResponse):
     chunk_size = _DOWNLOAD_CHUNK
 
 
-@router.get("/boot.ipxe", response_class=PlainTextResponse, summary="iPXE entry script")
+@router.get(
+    "/boot.ipxe", response_class=PlainTextResponse, summary="iPXE entry script", responses=_IPXE_RESPONSES
+)
 async def boot_ipxe(state: StateDep) -> Response:
     """The script every machine's iPXE fetches first: it chains to this machine's own script."""
     return Response(boot_chain_script(state.settings.public_base_url), media_type=IPXE_MEDIA_TYPE)
 
 
-@router.get("/ipxe", response_class=PlainTextResponse, summary="iPXE script for one machine")
+@router.get(
+    "/ipxe",
+    response_class=PlainTextResponse,
+    summary="iPXE script for one machine",
+    responses=_IPXE_RESPONSES,
+)
 async def ipxe(
     state: StateDep,
     mac: Annotated[str | None, Query(description="MAC address, iPXE's ${mac:hexhyp}")] = None,
@@ -121,8 +150,20 @@ async def _resolve(state: _State, boot: BootRequest) -> BootTarget | NotReady:
     return await run_in_threadpool(lookup)
 
 
-@router.api_route(
-    "/netboot/{publication}/{arch}/{artifact}", methods=["GET", "HEAD"], summary="a verified boot artifact"
+_ARTIFACT_PATH = "/netboot/{publication}/{arch}/{artifact}"
+
+
+@router.head(
+    _ARTIFACT_PATH,
+    summary="a verified boot artifact's headers",
+    operation_id="netboot_artifact_head",
+    responses=_ARTIFACT_RESPONSES,
+)
+@router.get(
+    _ARTIFACT_PATH,
+    summary="a verified boot artifact",
+    operation_id="netboot_artifact",
+    responses=_ARTIFACT_RESPONSES,
 )
 async def netboot_artifact(
     request: Request, state: StateDep, publication: int, arch: str, artifact: str
@@ -163,7 +204,12 @@ async def netboot_artifact(
     )
 
 
-@router.post(REPORT_PATH, status_code=202, summary="boot progress from a node's initramfs")
+@router.post(
+    REPORT_PATH,
+    status_code=202,
+    summary="boot progress from a node's initramfs",
+    responses=_REPORT_RESPONSES,
+)
 async def netboot_report(
     request: Request,
     state: StateDep,

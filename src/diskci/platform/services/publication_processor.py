@@ -16,7 +16,11 @@ state machine around that one verifier:
      (``diskci.formats.composefs_diff``), what ``system_diff_disk_image_publications`` compares;
   5. one transaction: ``published`` + ``disk_image_published`` with the verified artifacts, and the
      listings (``DiskImageListing`` rows).
-A registry that cannot be reached is ``registry_unreachable`` once the queue's retries are spent.
+A registry that cannot be reached is ``registry_unreachable`` once the queue's retries are spent. An
+unexpected exception after the claim is retried by the queue; on the last attempt (or at once when it
+is a diskci error, which the queue does not retry) the row is marked ``failed`` with ``internal_error``
+and a ``disk_image_publication_failed`` event before the exception goes on to fail the Task, so no row
+is left ``processing`` for good.
 
 A listing is derived data, not a check: an image the reader refuses (``composefs_unreadable``) or whose
 listing is too large to keep (``listing_too_large``) does not fail the publication. Its row is stored
@@ -50,6 +54,7 @@ from sqlalchemy.exc import IntegrityError
 
 from diskci import mediatypes as mt
 from diskci.errors import (
+    DiskciError,
     FormatError,
     NotFound,
     PlatformError,
@@ -78,6 +83,7 @@ log = logging.getLogger(__name__)
 
 
 AUTHORITY_DIR = "authority"  # under the state directory: the embedded signing authority
+INTERNAL_ERROR = "internal_error"  # the failure reason of an unexpected exception, retries spent
 MAX_LISTING_BYTES = 32 << 20  # a listing stored per architecture (a Debian root's is about 0.5 MB)
 
 
@@ -175,6 +181,20 @@ class DiskImagePublicationProcessor:
         claimed = self._claim(info)
         if isinstance(claimed, Outcome):
             return claimed
+        try:
+            return self._decide(claimed, info, final_attempt=final_attempt)
+        except RetryLater:
+            raise
+        except Exception as exc:
+            # Unexpected: the queue retries an exception, but not a diskci error, nor after its last
+            # attempt. Either way the work is over, so the row must not stay processing for good.
+            if final_attempt or isinstance(exc, DiskciError):
+                self._fail_unexpected(claimed, info, exc)
+            raise
+
+    def _decide(self, claimed: int, info: DeliveryInfo, *, final_attempt: bool) -> Outcome:
+        """Steps 3 to 5 on the claimed row: its ``published`` or ``failed`` Outcome."""
+        delivery_id = info.delivery_id
         try:
             verified = self._verify(info)  # 3. the verifier's checks
         except VerificationFailed as exc:
@@ -389,6 +409,14 @@ class DiskImagePublicationProcessor:
                 )
             status = s.scalar(select(DiskImagePublication.status).where(DiskImagePublication.id == pub_id))
         return Outcome(pub_id, str(status), reason if changed else None, detail, duplicate=not changed)
+
+    def _fail_unexpected(self, pub_id: int, info: DeliveryInfo, exc: Exception) -> None:
+        """Mark the claimed row ``failed`` with ``internal_error`` (a redelivery takes it over again)."""
+        detail = f"{type(exc).__name__}: {exc}"
+        try:
+            self._fail(pub_id, info, INTERNAL_ERROR, detail)
+        except Exception:  # the database too: the row stays processing; the original error is raised
+            log.exception("publication %s: could not record its failure (%s)", pub_id, detail)
 
     # --- verification ----------------------------------------------------------------------------
     def _verify(self, info: DeliveryInfo) -> Verification:
