@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,12 +60,14 @@ def build(out: Path) -> None:
 def _stamp_lines(vm: QemuConsole, stamps: list[tuple[float, str]], done: threading.Event) -> None:
     """Record when each console line arrived (polled every 10 ms)."""
     seen = 0
-    while not done.is_set():
+    while True:
+        stopping = done.wait(0.01)
         lines = vm.lines[seen:]
         seen += len(lines)
         now = vm.elapsed
         stamps.extend((now, line) for line in lines)
-        time.sleep(0.01)
+        if stopping:  # the lines read after the stop was asked for are the last ones
+            return
 
 
 def boot_once(build_dir: Path) -> dict[str, float]:
@@ -82,7 +83,6 @@ def boot_once(build_dir: Path) -> dict[str, float]:
             watcher = threading.Thread(target=_stamp_lines, args=(vm, stamps, done), daemon=True)
             watcher.start()
             vm.wait_for(MILESTONES[-1][1], timeout=240)
-            time.sleep(0.05)
             done.set()
             watcher.join()
     times: dict[str, float] = {}

@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,14 @@ def test_sigkill_mid_verification_recovers_to_one_publication(
         assert _parts(state), "the killed process left its partial download"
         proxy.stall.clear()
         proxy.release.set()
-        time.sleep(2.5)  # the dead worker's lease (2 s) runs out
+
+        def lease_expired() -> bool:  # the dead process's lease (2 s) has run out
+            with db.read_session() as s:
+                leases = [t.lease_expires_at for t in s.scalars(select(Task))]
+            now = datetime.now(UTC).replace(tzinfo=None)
+            return all(lease is not None and lease.replace(tzinfo=None) < now for lease in leases)
+
+        wait_until(lease_expired, 10, what="the dead process's lease to run out")
 
         with platform_serve(env, tmp_path / "serve2.log") as two:
             assert not _parts(state), "the partial download of the dead process is removed at start"

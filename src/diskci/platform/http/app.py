@@ -165,7 +165,7 @@ def _confirm(spec: ActionSpec, request: Request, data: Any, actor: str, principa
 def _action_endpoint(spec: ActionSpec) -> Callable[..., Coroutine[Any, Any, Any]]:
     async def endpoint(request: Request, principal: Principal) -> Any:
         data = parse_json_object(await request.body(), what=spec.name)
-        actor = f"token:{principal.name}"
+        actor = principal.actor
         if spec.destructive:
             confirmed = await run_in_threadpool(_confirm, spec, request, data, actor, principal)
             if isinstance(confirmed, JSONResponse):

@@ -25,8 +25,15 @@ bearer_scheme = HTTPBearer(auto_error=False, description="An API token from `dis
 
 @dataclass(frozen=True)
 class Principal:
+    """Who is calling: an API token's name and role. Every adapter (HTTP, dashboard, MCP) acts as one."""
+
     name: str
     role: Role
+
+    @property
+    def actor(self) -> str:
+        """The actor events and actions record for this caller."""
+        return f"token:{self.name}"
 
 
 class MissingToken(Unauthorized):

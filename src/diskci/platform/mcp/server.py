@@ -61,6 +61,7 @@ from diskci.platform.actions.catalog import (
 )
 from diskci.platform.db.models import Role
 from diskci.platform.db.session import Database
+from diskci.platform.http.auth import Principal
 from diskci.platform.mcp import confirmations, guidance
 from diskci.platform.ports import Ports
 from diskci.platform.settings import PlatformSettings
@@ -76,16 +77,8 @@ INSTRUCTIONS = (
 )
 
 
-@dataclass(frozen=True)
-class Caller:
-    """Who calls a tool: an API token's name and role (its actor is ``token:<name>``)."""
-
-    name: str
-    role: Role
-
-    @property
-    def actor(self) -> str:
-        return f"token:{self.name}"
+# Who calls a tool: the same identity as every adapter's (an API token's name and role).
+Caller = Principal
 
 
 CallerOf = Callable[[ServerRequestContext[Any, Any] | None], Awaitable[Caller]]

@@ -51,7 +51,7 @@ class WebSession:
 
     @property
     def actor(self) -> str:
-        return f"token:{self.principal.name}"
+        return self.principal.actor
 
 
 def _serializer(request: Request, purpose: str) -> URLSafeTimedSerializer:
