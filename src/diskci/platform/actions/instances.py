@@ -46,7 +46,7 @@ class MacAddressInUse(Conflict):
 class NodeInstanceOut(ActionModel):
     id: int
     hostname: str
-    platform: str
+    platform: str | None
     mac_addresses: list[str]
     provider: str
     provider_id: str | None
@@ -60,7 +60,7 @@ class NodeInstanceOut(ActionModel):
         return cls(
             id=node.id,
             hostname=node.hostname,
-            platform=node.platform.name,
+            platform=node.platform.name if node.platform is not None else None,
             mac_addresses=list(node.mac_addresses),
             provider=node.provider,
             provider_id=node.provider_id,

@@ -133,6 +133,12 @@ class NodePlatform(Base):
     )
     retention_routine_days: Mapped[int] = mapped_column(Integer, default=90)
     retention_critical_days: Mapped[int] = mapped_column(Integer, default=365)
+    # The image-build repository CI runs check out (a git URL or path the platform and workers can
+    # read); None: the platform has no CI. ``ci_variables`` are the workflow's ``vars`` (DISKCI_REGISTRY,
+    # DISKCI_AUTHORITY, ...); ``push_secret_encrypted`` verifies the repository's push webhooks.
+    image_build_repository: Mapped[str | None] = mapped_column(String(1024), default=None)
+    ci_variables: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    push_secret_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -142,7 +148,9 @@ class NodePlatform(Base):
 
 
 class NodeInstance(Base):
-    """One machine of a platform, known by its MAC addresses; netboot reports update it."""
+    """One machine: a node of a platform (known by its MAC addresses; netboot reports update it), or a
+    CI worker (module ``gitea-runner``; ``build_targets`` are its runner labels) that a compute
+    provider made in ``provider_region`` as ``instance_type``, known there as ``provider_id``."""
 
     __tablename__ = "node_instances"
 
@@ -150,16 +158,24 @@ class NodeInstance(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     # Lower-case, colon-separated (``52:54:00:12:34:56``).
     mac_addresses: Mapped[list[str]] = mapped_column(JSON, default=list)
-    platform_id: Mapped[int] = mapped_column(ForeignKey("node_platforms.id", ondelete="CASCADE"), index=True)
+    # None: a machine that netboots no platform of this one (a local CI worker)
+    platform_id: Mapped[int | None] = mapped_column(
+        ForeignKey("node_platforms.id", ondelete="CASCADE"), index=True, default=None
+    )
     provider: Mapped[str] = mapped_column(String(64), default="local")
     provider_id: Mapped[str | None] = mapped_column(String(255), default=None)
+    provider_region: Mapped[str | None] = mapped_column(String(64), default=None)
+    instance_type: Mapped[str | None] = mapped_column(String(64), default=None)
     modules: Mapped[list[str]] = mapped_column(JSON, default=list)
+    build_targets: Mapped[list[str]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(32), default="registered")
+    status_reason: Mapped[str | None] = mapped_column(Text, default=None)
     last_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     last_seen: Mapped[datetime | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    terminated_at: Mapped[datetime | None] = mapped_column(default=None)
 
-    platform: Mapped[NodePlatform] = relationship(lazy="joined")
+    platform: Mapped[NodePlatform | None] = relationship(lazy="joined")
 
 
 class DiskImageWebhook(Base):
@@ -362,7 +378,10 @@ class CiRun(Base):
     """One run of a platform's build workflow at a ref (the embedded CI backend); its jobs are ``CiJob``."""
 
     __tablename__ = "ci_runs"
-    __table_args__ = (Index("ix_ci_runs_platform_created", "platform_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_ci_runs_platform_created", "platform_id", "created_at"),
+        UniqueConstraint("platform_id", "trigger_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # the run_id
     platform_id: Mapped[int] = mapped_column(ForeignKey("node_platforms.id", ondelete="CASCADE"))
@@ -376,6 +395,11 @@ class CiRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # ``push:<ref>:<sha>`` for a pushed ref: the same tag pushed twice makes one run
+    trigger_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    reproducibility_check: Mapped[bool] = mapped_column(Boolean, default=False)
+    failure_reason: Mapped[str | None] = mapped_column(String(64), default=None)  # not_reproducible, ...
+    failure_detail: Mapped[str | None] = mapped_column(Text, default=None)
     publication_id: Mapped[int | None] = mapped_column(
         ForeignKey("disk_image_publications.id", ondelete="SET NULL"), default=None
     )
@@ -404,6 +428,9 @@ class CiRunner(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The worker's host as its last heartbeat gave it: disk, memory, load (``system_get_instance_stats``)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    stats_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class CiJob(Base):
@@ -442,6 +469,10 @@ class CiJob(Base):
     log_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
     log_complete: Mapped[bool] = mapped_column(Boolean, default=False)
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # SHA-256 of the job's runtime token (the task's ``context.token``): it asks for OIDC ID tokens
+    runtime_token_hash: Mapped[str | None] = mapped_column(String(128), default=None, index=True)
+    # 0, or 1 for the second build of a reproducibility check
+    replica: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     completed_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -480,3 +511,21 @@ class RunnerRegistrationToken(Base):
     runner_id: Mapped[int | None] = mapped_column(
         ForeignKey("ci_runners.id", ondelete="SET NULL"), default=None
     )
+
+
+class OidcSigningKey(Base):
+    """A key the platform signs its CI jobs' OIDC ID tokens with (private key encrypted at rest).
+
+    The newest key without ``retired_at`` signs; every key not retired longer than a token's life is
+    served in the JWKS, so a token signed just before a rotation still verifies.
+    """
+
+    __tablename__ = "oidc_signing_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    algorithm: Mapped[str] = mapped_column(String(16), default="ES256")
+    private_key_encrypted: Mapped[str] = mapped_column(Text)
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -295,8 +295,10 @@ class NetbootService:
             node = self.node_by_mac(session, request.mac)
             if node is None and not request.platform:
                 return NotReady(f"no NodeInstance has MAC {request.mac}")
-        if node is not None:
+        if node is not None and node.platform is not None:
             platform = node.platform
+        elif node is not None:
+            return NotReady(f"NodeInstance {node.hostname} netboots no platform (a CI worker)")
         else:
             platform = session.scalar(select(NodePlatform).where(NodePlatform.name == request.platform))
             if platform is None:
