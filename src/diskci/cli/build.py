@@ -15,7 +15,11 @@ from diskci.spec import load_spec
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/diskci``, else ``/var/cache/diskci`` for root, else ``~/.cache/diskci``."""
+    """``$DISKCI_CACHE``, else ``$XDG_CACHE_HOME/diskci``, else ``/var/cache/diskci`` for root, else
+    ``~/.cache/diskci`` (a CI worker sets DISKCI_CACHE so that every job shares one cache)."""
+    explicit = os.environ.get("DISKCI_CACHE")
+    if explicit:
+        return Path(explicit)
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg:
         return Path(xdg) / "diskci"
@@ -36,7 +40,9 @@ def build(
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Build directory (default: ./out/<platform>)."),
     cache: Path | None = typer.Option(
-        None, "--cache", help="Cache directory (default: $XDG_CACHE_HOME/diskci, /var/cache/diskci as root)."
+        None,
+        "--cache",
+        help="Cache directory (default: $DISKCI_CACHE, $XDG_CACHE_HOME/diskci, /var/cache/diskci as root).",
     ),
     source_date_epoch: int | None = typer.Option(
         None,

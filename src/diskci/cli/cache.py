@@ -15,7 +15,10 @@ cache_app = typer.Typer(
     help="The build cache: every stage's outputs, kept by the digest of their inputs.", no_args_is_help=True
 )
 
-_CACHE_HELP = "Cache directory (default: as diskci build: $XDG_CACHE_HOME/diskci, /var/cache/diskci as root)."
+_CACHE_HELP = (
+    "Cache directory (default: as diskci build: $DISKCI_CACHE, $XDG_CACHE_HOME/diskci,"
+    " /var/cache/diskci as root)."
+)
 
 
 def _when(epoch: int | None) -> str:

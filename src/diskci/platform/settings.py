@@ -10,6 +10,9 @@ directory (beside the database it protects), and no environment accepts a well-k
 ``public_base_url`` is where nodes and CI reach the platform: every URL the netboot scripts and the
 webhook provisioning hand out starts with it (never with a request's ``Host``). By default it is
 ``http://<bind_host>:<bind_port>``, with this machine's name for a wildcard bind address.
+``ci_base_url`` (default: the same) is where CI workers register and where the OIDC issuer of job ID
+tokens is: it differs when nodes reach the platform by another address than the workers do (QEMU's
+user network: nodes see 10.0.2.2, local workers 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class PlatformSettings(BaseSettings):
     bind_host: str = "127.0.0.1"
     bind_port: int = 8480
     public_base_url: str = ""  # default: http://<bind_host>:<bind_port>; what netboot clients reach
+    # What CI workers and the signing authority reach the platform at: runner registration, the OIDC
+    # issuer of job ID tokens (and so the signing identity's host). Default: public_base_url.
+    ci_base_url: str = ""
     blob_cache_dir: Path | None = None  # default: <state_dir>/blobs
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None  # default: <state_dir>/secret.key (refused in production)
@@ -88,6 +94,7 @@ class PlatformSettings(BaseSettings):
         if not self.public_base_url:
             self.public_base_url = f"http://{_url_host(self.bind_host)}:{self.bind_port}"
         self.public_base_url = _check_base_url(self.public_base_url.rstrip("/"))
+        self.ci_base_url = _check_base_url((self.ci_base_url or self.public_base_url).rstrip("/"))
         if self.blob_cache_dir is None:
             self.blob_cache_dir = self.state_dir / "blobs"
         if self.secret_key is not None:
