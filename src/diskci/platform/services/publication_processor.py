@@ -64,6 +64,7 @@ from diskci.errors import (
 )
 from diskci.formats import composefs_diff
 from diskci.platform.db.models import (
+    CiRun,
     DiskImageListing,
     DiskImagePublication,
     Event,
@@ -123,6 +124,7 @@ class DeliveryInfo:
     manifest_digest: str
     critical: bool
     source: dict[str, Any] | None
+    run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -239,6 +241,7 @@ class DiskImagePublicationProcessor:
                     manifest_digest=str(payload["manifest_digest"]),
                     critical=bool(payload.get("critical", False)),
                     source=payload.get("source"),
+                    run_id=str(payload.get("run_id") or ""),
                 )
             except KeyError as exc:
                 raise UsageError(f"delivery {delivery_id}: payload lacks {exc.args[0]!r}") from None
@@ -256,6 +259,23 @@ class DiskImagePublicationProcessor:
                 if pub is not None:
                     if pub.status in (PublicationStatus.PUBLISHED.value, PublicationStatus.PRUNED.value):
                         self._link_delivery(s, info, pub.id)
+                        # a rebuild with identical artifacts (same index digest): nothing is fetched
+                        s.add(
+                            Event(
+                                type="disk_image_rebuild_identical",
+                                platform_id=info.platform_id,
+                                subject=f"{info.platform}:{info.version}",
+                                reason="same_manifest_digest",
+                                payload={
+                                    "publication_id": pub.id,
+                                    "delivery_id": info.delivery_id,
+                                    "manifest_digest": info.manifest_digest,
+                                    "run_id": info.run_id,
+                                    "detail": f"identical to publication {pub.id} ({pub.status}):"
+                                    " nothing downloaded again",
+                                },
+                            )
+                        )
                         return Outcome(pub.id, pub.status, pub.failure_reason, duplicate=True)
                     # processing (a queue consumer died, or is still at it) or failed (retry): take it over.
                     pub.status = PublicationStatus.PROCESSING.value
@@ -290,6 +310,17 @@ class DiskImagePublicationProcessor:
             .where(WebhookDelivery.delivery_id == info.delivery_id)
             .values(publication_id=pub_id)
         )
+        # the embedded CI's run of this platform that built it (its run_id is the run's id)
+        if info.run_id.isdigit() and len(info.run_id) < 19:
+            s.execute(
+                update(CiRun)
+                .where(
+                    CiRun.id == int(info.run_id),
+                    CiRun.platform_id == info.platform_id,
+                    CiRun.publication_id.is_(None),
+                )
+                .values(publication_id=pub_id)
+            )
 
     def _publish(
         self, pub_id: int, info: DeliveryInfo, v: Verification, listings: list[ArchListing]
