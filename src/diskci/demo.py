@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -70,7 +70,7 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -94,9 +94,10 @@ def diskci_command(*args: str | Path, env: dict[str, str] | None = None) -> dict
 class PlatformServer:
     """``diskci platform serve`` as a child process, stopped on exit."""
 
-    def __init__(self, state_dir: Path, port: int) -> None:
+    def __init__(self, state_dir: Path, port: int, *, extra_env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
         self.port = port
+        self.extra_env = dict(extra_env or {})
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = state_dir / "serve.log"
         self._stack = contextlib.ExitStack()
@@ -106,6 +107,7 @@ class PlatformServer:
             "DISKCI_STATE_DIR": str(self.state_dir),
             # what the guest reaches through QEMU user networking
             "DISKCI_PUBLIC_BASE_URL": f"http://10.0.2.2:{self.port}",
+            **self.extra_env,
         }
 
     def __enter__(self) -> PlatformServer:
@@ -197,8 +199,13 @@ def wait_for_publication(
     raise DemoError(f"publication {digest} was not processed within {timeout:.0f} s:\n{server.log_tail()}")
 
 
+class _Timed(Protocol):
+    timings: dict[str, float]
+
+
 @contextlib.contextmanager
-def _timed(result: DemoResult, name: str, title: str) -> Iterator[None]:
+def timed(result: _Timed, name: str, title: str) -> Iterator[None]:
+    """A step shown with progress, its seconds kept in ``result.timings[name]``."""
     started = time.monotonic()
     with step(title):
         yield
@@ -215,7 +222,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     # 1. build
     if cfg.build_dir is None:
-        with _timed(result, "build", f"build {spec.name}"):
+        with timed(result, "build", f"build {spec.name}"):
             args: list[str | Path] = ["build", cfg.spec_path, "--out", build_dir, "--cache", cfg.cache_dir]
             if cfg.source_date_epoch is not None:
                 args += ["--source-date-epoch", str(cfg.source_date_epoch)]
@@ -226,17 +233,17 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     # 2. the embedded signing authority
     authority = state / "authority"
     if not (authority / "trusted_root.json").exists():
-        with _timed(result, "authority", "create the embedded signing authority"):
+        with timed(result, "authority", "create the embedded signing authority"):
             diskci_command("authority", "init", authority, "--issuer", spec.signing.cosign_oidc_issuer)
     trusted_root = (authority / "trusted_root.json").read_text()
 
-    port = cfg.port or _free_port()
+    port = cfg.port or free_port()
     registry = state / "registry"
     reference = f"oci-layout:{registry}:{spec.version}"
     with PlatformServer(state / "platform", port) as server:
         result.base_url = server.base_url
         # 4. NodePlatform, webhook, node
-        with _timed(result, "configure", "configure the platform"):
+        with timed(result, "configure", "configure the platform"):
             listed = server.action("system_list_node_platforms", {})
             known = {p["name"] for p in listed["platforms"]}
             platform_fields = {
@@ -262,7 +269,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                 )
 
         # 5. sign, push, notify
-        with _timed(result, "publish", f"publish → {reference}"):
+        with timed(result, "publish", f"publish → {reference}"):
             out = diskci_command(
                 "publish", build_dir, "--to", reference,
                 "--identity", demo_identity(spec), "--authority", authority,
@@ -278,7 +285,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             result.manifest_digest = out["pushed"]["digest"]
 
         # 6. verified by the processor, then the default
-        with _timed(result, "verify", "platform verifies the publication"):
+        with timed(result, "verify", "platform verifies the publication"):
             pub = wait_for_publication(server, spec.name, result.manifest_digest, PUBLISH_TIMEOUT)
             if pub["status"] != "published":
                 raise DemoError(
@@ -292,16 +299,16 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
         # 7. a machine netboots through the platform
         if cfg.boot:
-            with _timed(result, "boot", "netboot a QEMU machine through /boot.ipxe"):
+            with timed(result, "boot", "netboot a QEMU machine through /boot.ipxe"):
                 argv = qemu_netboot_argv(arch, f"http://10.0.2.2:{port}/boot.ipxe", DEMO_MAC)
                 with QemuConsole(argv, log_path=state / "console.log") as vm:
                     result.booted_line = vm.wait_for(r"diskci: booted", timeout=BOOT_TIMEOUT)
                     result.boot_seconds = round(vm.elapsed, 1)
-                    result.reports = _wait_for_report(server, "booted", timeout=60)
+                    result.reports = wait_for_report(server, "booted", timeout=60)
     return result
 
 
-def _wait_for_report(server: PlatformServer, stage: str, *, timeout: float) -> list[str]:
+def wait_for_report(server: PlatformServer, stage: str, *, timeout: float) -> list[str]:
     """The boot stages the platform recorded for the demo node, once ``stage`` is among them."""
     deadline = time.monotonic() + timeout
     seen: list[str] = []

@@ -10,7 +10,8 @@ checks that this drawing and the classes agree:
     DiskciError                      exit 1; ``diagnostics()`` is the one-paragraph message
     ├── UsageError                   exit 2: a bad flag or argument combination
     │   ├── InsecureSettings         (platform.settings) a well-known, short or world-readable secret
-    │   └── InvalidReference         (registry.reference) a reference that cannot be parsed
+    │   ├── InvalidReference         (registry.reference) a reference that cannot be parsed
+    │   └── NotRegistered            (runner.state) no readable runner state file in the directory
     ├── SpecError                    exit 2: an invalid platform spec (every problem, with its field path)
     ├── ToolError                    an external tool failed: argv, exit status, tail of its output
     ├── BuildError                   a build stage could not do its job
@@ -27,10 +28,13 @@ checks that this drawing and the classes agree:
     │   └── TreeFormatError          (formats.fstree) a tarball or directory cannot be represented
     ├── SupplyChainError             signing authority and bundle problems
     │   ├── AuthorityError           (supplychain.authority) cannot create, open or issue
+    │   ├── IdTokenRequestFailed     (supplychain.id_token) a CI job got no ID token from its platform
+    │   ├── IssuerUnavailable        (supplychain.id_token) 503: a trusted issuer's keys cannot be fetched
     │   ├── PolicyMismatch           (supplychain.policy) not the policy's signer; a sigstore error too
     │   └── VerificationFailed       carries a machine-readable ``reason`` code
     ├── RegistryError                OCI registry or layout problems
     ├── NotifyError                  webhook delivery failed
+    ├── RunnerCallFailed             (runner.client) a runner protocol call answered an error, or unreachable
     ├── BootTimeout                  (qemu) the awaited console line did not come; the console tail
     ├── DemoError                    (demo) a step of ``diskci demo`` did not do what it should
     └── PlatformError                control-plane errors; each carries its HTTP status (500 by default)
@@ -39,34 +43,47 @@ checks that this drawing and the classes agree:
         ├── DuplicateAction          (platform.actions.catalog) an action name registered twice
         ├── PortUnavailable          (platform.ports) 503: the adapter was not given a port it needs
         ├── PreviewNotAvailable      (platform.actions.retention)
+        ├── ProviderFailed           (platform.providers.base) 502: a compute provider could not do it
         ├── QueueUnavailable         (platform.http.webhooks) 503
         ├── RateLimited              (platform.services.ratelimit) 429, with ``retry_after`` seconds
+        ├── RepositoryUnavailable    (platform.ci.gitsource) 503: git cannot fetch or read it now
         ├── RetryLater               (platform.services.publication_processor) 503: a transient failure
         ├── SecretDecryptionFailed   (platform.secrets) the secret key changed, or the value was altered
         ├── NotFound                 404
         │   ├── CiJobNotFound        (platform.actions.ci_runs)
         │   ├── CiRunNotFound        (platform.actions.ci_runs)
+        │   ├── CiWorkerNotFound     (platform.actions.ci_workers)
         │   ├── ListingUnavailable   (platform.actions.publication_diff) no listing to diff, and why
         │   ├── PlatformNotFound     (platform.actions.platforms)
         │   ├── PublicationNotFound  (platform.actions.publications)
+        │   ├── StatsNotAvailable    (platform.actions.ci_workers) no heartbeat with statistics yet
         │   ├── TaskNotFound         (platform.actions.events)
         │   ├── TokenNotFound        (platform.actions.tokens)
-        │   └── UnknownTask          (platform.http.runner_protocol) not a task of the calling runner
+        │   ├── UnknownRef           (platform.ci.gitsource) a ref not in the image-build repository
+        │   ├── UnknownTask          (platform.http.runner_protocol) not a task of the calling runner
+        │   └── WorkflowNotFound     (platform.ci.gitsource) no workflow file at that commit
         ├── Conflict                 409
+        │   ├── CiNotConfigured      (platform.ci.triggers) the platform has no image-build repository
         │   ├── ConcurrentChange     (platform.actions.catalog) a racing change won
+        │   ├── HostnameInUse        (platform.actions.ci_workers) a live CI worker has that hostname
         │   ├── MacAddressInUse      (platform.actions.instances)
         │   ├── PlatformExists       (platform.actions.platforms)
         │   ├── PublicationNotPublishable  (platform.actions.publications)
         │   ├── ReplayedDelivery     (platform.http.webhooks)
         │   ├── RetentionLocked      (platform.services.retention) another sweep is pruning
+        │   ├── RunAlreadyCompleted  (platform.actions.ci_runs) cancelling a completed run
         │   └── TokenExists          (platform.actions.tokens)
         ├── Unauthorized             401
         │   ├── BadSignature         (platform.http.webhooks)
+        │   ├── BadPushSignature     (platform.http.ci_push) a push event not signed with the push secret
+        │   ├── IdTokenRefused       (supplychain.id_token) an ID token the signing authority refuses
         │   ├── InvalidToken         (platform.actions.tokens)
         │   ├── MissingToken         (platform.http.auth)
         │   ├── NotSignedIn          (platform.web.session) the dashboard has no live session
         │   ├── RegistrationTokenRefused  (platform.ci.runners) unknown, used or expired
+        │   ├── RunnerRefused        (runner.client) exit 3: the platform refused the runner or its token
         │   ├── RunnerUnauthenticated    (platform.ci.runners) no live runner's uuid and token
+        │   ├── RuntimeTokenRefused  (platform.ci.oidc) unknown, or its job no longer in progress
         │   ├── StaleDelivery        (platform.http.webhooks)
         │   └── UnknownTokenName     (platform.mcp.transport) the stdio server's token is gone
         ├── Forbidden                403
@@ -74,6 +91,8 @@ checks that this drawing and the classes agree:
         │   └── CsrfRefused          (platform.web.session) a dashboard form without its CSRF token
         └── InvalidRequest           400, exit 2
             ├── ConfirmationRequired (platform.actions.catalog) 428: a destructive action, unconfirmed
+            ├── InvalidAudience      (platform.ci.oidc) an ID token audience that is not 1-255 ASCII
+            ├── InvalidCiVariables   (platform.actions.ci_settings) a bad name, a long value, too many
             ├── InvalidDigest        (platform.services.blobcache) not a sha256 digest
             ├── InvalidExpression    (platform.ci.expressions) a ${{ }} a workflow's job cannot be split by
             ├── InvalidForm          (platform.web.routes) a dashboard form with too many fields
@@ -82,8 +101,15 @@ checks that this drawing and the classes agree:
             ├── InvalidRunnerLabels  (platform.ci.runners)
             ├── InvalidWorkflow      (platform.ci.jobs) a workflow file that cannot be split into jobs
             ├── MalformedDelivery    (platform.http.webhooks)
+            ├── MalformedPushEvent   (platform.http.ci_push) not a push event's JSON
             ├── NoDefaultPublication (platform.actions.publication_diff) nothing to diff from
             ├── PublicationOfAnotherPlatform  (platform.actions.publication_diff)
+            ├── UnknownBuildTarget   (platform.actions.ci_workers) not an architecture diskci builds
+            ├── UnknownInstanceType  (platform.providers.base) not in the provider's catalog (region)
+            ├── UnknownProvider      (platform.providers) no compute provider of that name
+            ├── UnknownRegion        (platform.providers.base) not in the provider's catalog
+            ├── UndefinedArchitecture  (platform.actions.ci_runs) arches the platform does not define
+            ├── UnreadableRepository  (platform.ci.gitsource) a repository URL git cannot read
             └── UnknownAction        (platform.actions.catalog) 404
 """
 

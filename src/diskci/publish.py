@@ -6,9 +6,15 @@ architectures were built by separate CI jobs, each of which pushed its part (``p
 arch=A)``): it joins the parts already in the registry into the index, then signs, pushes and
 notifies the same way. The pieces are ``open_authority(...)`` (the signing backend), ``sign_build(...)``,
 ``push_build(...)`` and ``notify_image_built(...)``. ``ci_environment(environ)`` reads what a CI job's
-environment says (``GITHUB_*``, ``DISKCI_SOURCE_REPO``, ``DISKCI_AUTHORITY_TOKEN``,
-``DISKCI_WEBHOOK_SECRET``) into a ``CIEnvironment``, so the functions here take explicit values and
-never read ``os.environ`` themselves.
+environment says (``GITHUB_*``, ``DISKCI_SOURCE_REPO``, ``ACTIONS_ID_TOKEN_REQUEST_URL`` and
+``_TOKEN``, ``DISKCI_ID_TOKEN``, ``DISKCI_WEBHOOK_SECRET``) into a ``CIEnvironment``, so the functions
+here take explicit values and never read ``os.environ`` themselves.
+
+Who signs: with an authority directory, ``identity`` (or, in a CI job, the workflow's identity the
+environment gives: ``default_identity``). With an authority URL (``diskci authority serve``), the CI
+job's OIDC ID token: an explicit one, else one asked of the job's platform (audience ``sigstore``);
+the certificate names the token's identity, and an ``identity`` that differs is an error before
+anything is signed.
 """
 
 from __future__ import annotations
@@ -20,19 +26,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diskci import mediatypes as mt
+from diskci.ci.workflow import WORKFLOW_PATH
 from diskci.console import step
 from diskci.errors import UsageError
 from diskci.notify import Delivery, DiskImageBuilt, SourceRef, send_notification
 from diskci.registry.publication import Publication
 from diskci.registry.push import PushResult, push_planned, push_publication, signature_bundles
 from diskci.supplychain.bundle import SigningBackend, SignResult, Source, sign_publication
+from diskci.supplychain.id_token import request_id_token
 
 __all__ = [
     "AssembleRequest",
     "CIEnvironment",
+    "IdTokenRequest",
     "PublishRequest",
     "PublishResult",
     "ci_environment",
+    "default_identity",
+    "is_authority_url",
     "notify_image_built",
     "open_authority",
     "publish",
@@ -42,8 +53,19 @@ __all__ = [
 ]
 
 SOURCE_REPO_VAR = "DISKCI_SOURCE_REPO"
-AUTHORITY_TOKEN_VAR = "DISKCI_AUTHORITY_TOKEN"
+ID_TOKEN_VAR = "DISKCI_ID_TOKEN"
+ID_TOKEN_REQUEST_URL_VAR = "ACTIONS_ID_TOKEN_REQUEST_URL"
+ID_TOKEN_REQUEST_TOKEN_VAR = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"
 WEBHOOK_SECRET_VAR = "DISKCI_WEBHOOK_SECRET"
+SIGSTORE_AUDIENCE = "sigstore"
+
+
+@dataclass(frozen=True)
+class IdTokenRequest:
+    """Where a CI job asks its platform for ID tokens, and the job's runtime token that pays."""
+
+    url: str
+    runtime_token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -52,8 +74,9 @@ class CIEnvironment:
 
     source: Source
     run_id: str
-    authority_token: str
-    webhook_secret: str = ""
+    id_token: str = field(default="", repr=False)
+    id_token_request: IdTokenRequest | None = None
+    webhook_secret: str = field(default="", repr=False)
 
 
 def _source_repo(environ: Mapping[str, str]) -> str:
@@ -66,35 +89,57 @@ def _source_repo(environ: Mapping[str, str]) -> str:
 def ci_environment(environ: Mapping[str, str] | None = None) -> CIEnvironment:
     """Read ``environ`` (default: ``os.environ``): the source repo (``DISKCI_SOURCE_REPO``, else
     ``GITHUB_SERVER_URL``/``GITHUB_REPOSITORY``), ``GITHUB_REF``, ``GITHUB_SHA``, ``GITHUB_RUN_ID``,
-    the signer credential ``DISKCI_AUTHORITY_TOKEN`` and the webhook secret ``DISKCI_WEBHOOK_SECRET``."""
+    an ID token ``DISKCI_ID_TOKEN``, where to ask for one (``ACTIONS_ID_TOKEN_REQUEST_URL`` and
+    ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``, both set) and the webhook secret ``DISKCI_WEBHOOK_SECRET``."""
     env = os.environ if environ is None else environ
+    request_url = env.get(ID_TOKEN_REQUEST_URL_VAR, "")
+    request_token = env.get(ID_TOKEN_REQUEST_TOKEN_VAR, "")
     return CIEnvironment(
         source=Source(
             repo=_source_repo(env), ref=env.get("GITHUB_REF", ""), commit=env.get("GITHUB_SHA", "")
         ),
         run_id=env.get("GITHUB_RUN_ID", ""),
-        authority_token=env.get(AUTHORITY_TOKEN_VAR, ""),
+        id_token=env.get(ID_TOKEN_VAR, "").strip(),
+        id_token_request=(
+            IdTokenRequest(request_url, request_token) if request_url and request_token else None
+        ),
         webhook_secret=env.get(WEBHOOK_SECRET_VAR, ""),
     )
 
 
-def open_authority(
-    authority: str, *, credential: str = "", credential_file: Path | None = None
-) -> SigningBackend:
-    """A local authority directory, or ``diskci authority serve`` at a URL (with a signer credential).
+def is_authority_url(authority: str) -> bool:
+    return authority.startswith(("http://", "https://"))
 
-    For a URL the credential is ``credential_file``'s content when given, else ``credential``.
-    """
-    if authority.startswith(("http://", "https://")):
+
+def default_identity(authority: str, ci: CIEnvironment) -> str:
+    """The identity to sign as when none is named: none for an authority URL (the ID token's), else
+    the CI workflow's ``<repo URL>/.gitea/workflows/build.yaml@<ref>`` when the environment says."""
+    if is_authority_url(authority) or not (ci.source.repo and ci.source.ref):
+        return ""
+    return f"{ci.source.repo}/{WORKFLOW_PATH}@{ci.source.ref}"
+
+
+def open_authority(
+    authority: str, *, id_token: str = "", id_token_request: IdTokenRequest | None = None
+) -> SigningBackend:
+    """A local authority directory, or ``diskci authority serve`` at a URL with a CI job's ID token:
+    ``id_token``, else one asked for at ``id_token_request`` (audience ``sigstore``)."""
+    if is_authority_url(authority):
         from diskci.supplychain.authority_http import AuthorityClient
 
-        token = credential
-        if credential_file is not None:
-            token = credential_file.read_text().strip()
+        token = id_token
+        if not token and id_token_request is not None:
+            with step(f"ID token from {id_token_request.url}"):
+                token = request_id_token(
+                    id_token_request.url, id_token_request.runtime_token, audience=SIGSTORE_AUDIENCE
+                )
         if not token:
             raise UsageError(
-                f"--authority {authority} needs a signer credential",
-                hint="pass --credential-file FILE or set DISKCI_AUTHORITY_TOKEN (see diskci authority issue)",
+                f"--authority {authority} needs the CI job's OIDC ID token",
+                hint=(
+                    "run inside a CI job of the platform (ACTIONS_ID_TOKEN_REQUEST_URL and "
+                    "ACTIONS_ID_TOKEN_REQUEST_TOKEN set), or pass --id-token / set DISKCI_ID_TOKEN"
+                ),
             )
         return AuthorityClient(authority, token)
     from diskci.supplychain.authority import SigningAuthority
@@ -102,23 +147,49 @@ def open_authority(
     return SigningAuthority.open(Path(authority))
 
 
+def _signing_identity(backend: SigningBackend, identity: str, issuer: str | None) -> str:
+    """The identity the certificate will name, checked against ``identity`` before anything is signed."""
+    from diskci.supplychain.authority_http import AuthorityClient
+
+    if isinstance(backend, AuthorityClient):
+        if identity and identity != backend.identity:
+            raise UsageError(
+                f"--identity {identity} is not the CI job's identity {backend.identity}: the "
+                "certificate names the ID token's identity",
+                hint="drop --identity, or give the one the job's token carries",
+            )
+        if issuer and issuer != backend.issuer:
+            raise UsageError(
+                f"--issuer {issuer} is not the ID token's issuer {backend.issuer}",
+                hint="--issuer is for a local authority directory; drop it",
+            )
+        return backend.identity
+    if not identity:
+        raise UsageError(
+            "signing with an authority directory needs --identity (the SAN the certificate names)"
+        )
+    return identity
+
+
 def sign_build(
     build_dir: Path,
     *,
     authority: str,
-    identity: str,
+    identity: str = "",
     issuer: str | None = None,
-    credential: str = "",
-    credential_file: Path | None = None,
+    id_token: str = "",
+    id_token_request: IdTokenRequest | None = None,
     source: Source | None = None,
     run_id: str = "",
     planned: Publication | None = None,
 ) -> SignResult:
-    """Sign ``build_dir``'s index digest and provenance with ``authority`` (see ``open_authority``).
+    """Sign ``build_dir``'s index digest and provenance with ``authority`` (see ``open_authority``)
+    as ``identity`` (for an authority URL: the ID token's, which ``identity`` must be when given).
 
     ``planned``: sign that publication instead (one assembled from a registry), writing the
     signatures into ``build_dir``."""
-    backend = open_authority(authority, credential=credential, credential_file=credential_file)
+    backend = open_authority(authority, id_token=id_token, id_token_request=id_token_request)
+    identity = _signing_identity(backend, identity, issuer)
     with step(f"sign {build_dir}"):
         return sign_publication(
             build_dir,
@@ -200,11 +271,11 @@ class _Publishing:
     """What signing and notifying need, whatever is published; no notification when ``notify_url``
     is unset."""
 
-    identity: str
     authority: str
+    identity: str = ""
     issuer: str | None = None
-    credential: str = ""
-    credential_file: Path | None = None
+    id_token: str = field(default="", repr=False)
+    id_token_request: IdTokenRequest | None = None
     source: Source = field(default_factory=Source)
     run_id: str = ""
     notify_url: str | None = None
@@ -264,8 +335,8 @@ def _sign(request: _Publishing, build_dir: Path, planned: Publication | None = N
         authority=request.authority,
         identity=request.identity,
         issuer=request.issuer,
-        credential=request.credential,
-        credential_file=request.credential_file,
+        id_token=request.id_token,
+        id_token_request=request.id_token_request,
         source=request.source,
         run_id=request.run_id,
         planned=planned,

@@ -78,7 +78,7 @@ def test_trusted_root_and_key_files(tmp_path: Path) -> None:
     assert root["mediaType"] == "application/vnd.dev.sigstore.trustedroot+json;version=0.1"
     assert root["timestampAuthorities"] == []
     assert len(root["certificateAuthorities"][0]["certChain"]["certificates"]) == 2
-    for name in ("root.key", "intermediate.key", "ctlog.key", "tlog.key", "credentials.json"):
+    for name in ("root.key", "intermediate.key", "ctlog.key", "tlog.key"):
         assert (auth.directory / name).stat().st_mode & 0o777 == 0o600, name
     assert auth.directory.stat().st_mode & 0o777 == 0o700
     with pytest.raises(AuthorityError, match="already exists"):

@@ -40,8 +40,8 @@ def spec_path(name: str) -> str:
     return f"platforms/{name}.yaml"
 
 
-def _git(git: str, directory: Path, *args: str) -> str:
-    return run([git, "-C", str(directory), *args]).stdout.decode().strip()
+def _git(git: str, directory: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    return run([git, "-C", str(directory), *args], env=env).stdout.decode().strip()
 
 
 def _has_identity(git: str, directory: Path) -> bool:
@@ -49,8 +49,11 @@ def _has_identity(git: str, directory: Path) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def init_repo(directory: Path, spec_file: Path, *, message: str | None = None) -> ImageRepo:
-    """A new git repository at ``directory`` with ``spec_file`` and its workflow, committed once."""
+def init_repo(
+    directory: Path, spec_file: Path, *, message: str | None = None, commit_time: int | None = None
+) -> ImageRepo:
+    """A new git repository at ``directory`` with ``spec_file`` and its workflow, committed once
+    (at ``commit_time``, seconds since the epoch, when given: the builds' SOURCE_DATE_EPOCH)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"{directory}: exists and is not a directory")
@@ -71,7 +74,9 @@ def init_repo(directory: Path, spec_file: Path, *, message: str | None = None) -
         _git(git, tmp, "add", rel_spec, WORKFLOW_PATH)
         identity = () if _has_identity(git, tmp) else _FALLBACK_IDENTITY
         text = message or f"{spec.name}: platform spec and build workflow (diskci ci init-repo)"
-        _git(git, tmp, *identity, "commit", "--quiet", "-m", text)
+        dates = () if commit_time is None else (f"--date=@{commit_time}",)
+        env = None if commit_time is None else {"GIT_COMMITTER_DATE": f"@{commit_time} +0000"}
+        _git(git, tmp, *identity, "commit", "--quiet", *dates, "-m", text, env=env)
         commit = _git(git, tmp, "rev-parse", "HEAD")
     return ImageRepo(
         directory=directory,

@@ -9,9 +9,12 @@ default every architecture of the spec). Job ``build`` is a matrix over those ar
 runs on a worker labelled with its architecture (``runs-on: ${{ matrix.arch }}``: a worker's labels
 are its build targets), builds with ``diskci build`` and pushes that architecture's part with ``diskci
 push --arch``. Job ``publish`` (``needs: build``) joins the parts in the registry into the OCI index,
-signs it, pushes it and posts the webhook: ``diskci publish --from-registry``. Jobs hand data on through
-the registry only, never an artifact server. Every value from outside (matrix entries, inputs,
-variables, secrets) reaches a shell through ``env``, never spliced into a script.
+signs it, pushes it and posts the webhook: ``diskci publish --from-registry``. It signs as the job:
+with an authority URL it asks the platform for the job's OIDC ID token (``permissions: id-token:
+write``; the runner sets ``ACTIONS_ID_TOKEN_REQUEST_URL``/``_TOKEN``) and the certificate names the
+token's workflow, so no signing credential is stored anywhere. Jobs hand data on through the registry
+only, never an artifact server. Every value from outside (matrix entries, inputs, variables, secrets)
+reaches a shell through ``env``, never spliced into a script.
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ VARIABLES = {
     "DISKCI_WEBHOOK_URL": "disk_image_built webhook of the platform (empty: no notification)",
 }
 SECRETS = {
-    "DISKCI_AUTHORITY_TOKEN": "signer credential for an authority URL (see diskci authority issue)",
     "DISKCI_WEBHOOK_SECRET": "HMAC secret of the webhook (see provision_disk_image_webhook)",
 }
 
@@ -52,7 +54,6 @@ def workflow(spec: PlatformSpec, spec_path: str) -> dict[str, Any]:
     """The workflow building ``spec`` (at ``spec_path`` in the repository), as plain data."""
     default = _arches_default(spec)
     arches = f"inputs.arches || '{default}'"
-    identity = "${{ github.server_url }}/${{ github.repository }}/" + WORKFLOW_PATH + "@${{ github.ref }}"
     build_job: dict[str, Any] = {
         "name": "build " + _expr("matrix.arch"),
         "runs-on": _expr("matrix.arch"),
@@ -75,21 +76,21 @@ def workflow(spec: PlatformSpec, spec_path: str) -> dict[str, Any]:
         "needs": "build",
         # any worker of the spec's first architecture: the job builds nothing
         "runs-on": spec.architectures[0].value,
+        # the job's OIDC ID token is its signing identity (for an authority URL)
+        "permissions": {"contents": "read", "id-token": "write"},
         "steps": [
             {"name": "Check out", "uses": CHECKOUT},
             {
                 "name": "Assemble the index, sign, push and notify",
                 "env": {
                     "ARCHES": _expr(f"join(fromJSON({arches}), ',')"),
-                    "IDENTITY": identity,
                     "DISKCI_AUTHORITY": _expr("vars.DISKCI_AUTHORITY"),
-                    "DISKCI_AUTHORITY_TOKEN": _expr("secrets.DISKCI_AUTHORITY_TOKEN"),
                     "DISKCI_WEBHOOK_URL": _expr("vars.DISKCI_WEBHOOK_URL"),
                     "DISKCI_WEBHOOK_SECRET": _expr("secrets.DISKCI_WEBHOOK_SECRET"),
                 },
                 "run": (
                     'diskci publish --from-registry "$DISKCI_REPOSITORY" --spec "$DISKCI_SPEC" \\\n'
-                    '  --arch "$ARCHES" --identity "$IDENTITY" --notify-url "$DISKCI_WEBHOOK_URL"\n'
+                    '  --arch "$ARCHES" --notify-url "$DISKCI_WEBHOOK_URL"\n'
                 ),
             },
         ],

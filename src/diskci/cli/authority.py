@@ -1,4 +1,4 @@
-"""``diskci authority``: create, serve and hand out credentials for the embedded signing authority."""
+"""``diskci authority``: create and serve the embedded signing authority."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from diskci.cli.output import print_json, stdout
+from diskci.errors import UsageError
 
 authority_app = typer.Typer(
     help="The embedded signing authority (CA + CT log key + transparency log).", no_args_is_help=True
@@ -41,47 +42,38 @@ def init(
         stdout.print(f"verifiers need: {result['trusted_root']}")
 
 
-@authority_app.command("issue")
-def issue(
-    directory: Path = typer.Argument(..., help="The authority directory."),
-    signer: str = typer.Option(..., "--signer", help="Name of the signer the credential is for."),
-    issuer: str | None = typer.Option(None, help="OIDC issuer put in this signer's certificates."),
-    identity_prefix: str = typer.Option(
-        "",
-        help="Identities this signer may sign as must start with this (e.g. https://git.example.com/ops/).",
-    ),
-    json_out: bool = typer.Option(False, "--json", help="Print the credential as JSON."),
-) -> None:
-    """Issue (or replace) a signer credential for `authority serve`; the token is printed once.
-
-    Example: [bold]diskci authority issue /var/lib/diskci/authority --signer ops-images --identity-prefix https://git.example.com/ops/[/]
-    """
-    from diskci.supplychain.authority import SigningAuthority
-
-    token = SigningAuthority.open(directory).add_credential(
-        signer, issuer=issuer, identity_prefix=identity_prefix
-    )
-    if json_out:
-        print_json({"signer": signer, "token": token})
-    else:
-        print(token)
-
-
 @authority_app.command("serve")
 def serve(
     directory: Path = typer.Argument(..., help="The authority directory."),
+    oidc_issuer: list[str] = typer.Option(
+        [],
+        "--oidc-issuer",
+        help="OIDC issuer whose CI jobs' ID tokens it accepts, e.g. the platform's URL (repeatable).",
+    ),
+    oidc_audience: str = typer.Option(
+        "sigstore", "--oidc-audience", help="Audience the ID tokens must be for."
+    ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8300, help="Port to listen on."),
 ) -> None:
-    """Serve the authority over HTTP (signing-certificate and log endpoints, signer credentials).
+    """Serve the authority over HTTP: a certificate only for a CI job's valid OIDC ID token.
 
-    Example: [bold]diskci authority serve /var/lib/diskci/authority --port 8300[/]
+    The certificate names the token's workflow (<issuer>/<repository>/.gitea/workflows/build.yaml@<ref>)
+    and the token's issuer; the issuer's keys are found through its /.well-known/openid-configuration.
+
+    Example: [bold]diskci authority serve /var/lib/diskci/authority --port 8300 --oidc-issuer http://127.0.0.1:8480[/]
     """
     import uvicorn
 
     from diskci.supplychain.authority_http import create_app
 
-    uvicorn.run(create_app(directory), host=host, port=port, log_level="info")
+    if not oidc_issuer:
+        raise UsageError(
+            "authority serve needs --oidc-issuer URL: the CI platform whose jobs' ID tokens it accepts",
+            hint="e.g. --oidc-issuer http://127.0.0.1:8480 (the platform's public URL)",
+        )
+    app = create_app(directory, oidc_issuers=oidc_issuer, audience=oidc_audience)
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def register(app: typer.Typer) -> None:

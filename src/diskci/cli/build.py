@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import typer
 
 from diskci.cli.output import print_json, stdout
-from diskci.image.cache import DEFAULT_MAX_SIZE, parse_size
+from diskci.image.cache import DEFAULT_MAX_SIZE, default_cache_dir, parse_size
 from diskci.image.pipeline import STAGE_NAMES, resolve_stages, run_build
 from diskci.spec import load_spec
-
-
-def default_cache_dir() -> Path:
-    """``$DISKCI_CACHE``, else ``$XDG_CACHE_HOME/diskci``, else ``/var/cache/diskci`` for root, else
-    ``~/.cache/diskci`` (a CI worker sets DISKCI_CACHE so that every job shares one cache)."""
-    explicit = os.environ.get("DISKCI_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg:
-        return Path(xdg) / "diskci"
-    if os.geteuid() == 0:
-        return Path("/var/cache/diskci")
-    return Path.home() / ".cache" / "diskci"
 
 
 def _split(values: list[str] | None) -> list[str]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from diskci.cli.build import default_cache_dir
 from diskci.cli.output import print_json, stdout
 from diskci.image import cache
+from diskci.image.cache import default_cache_dir
 
 cache_app = typer.Typer(
     help="The build cache: every stage's outputs, kept by the digest of their inputs.", no_args_is_help=True

@@ -28,6 +28,7 @@ COMMAND_MODULES: dict[str, tuple[str, ...]] = {
     "diskci.cli.publish": ("sign", "verify", "push", "pull", "notify", "publish"),
     "diskci.cli.authority": ("authority",),
     "diskci.cli.ci": ("ci",),
+    "diskci.cli.runner": ("runner",),
     "diskci.cli.demo": ("demo",),
 }
 

@@ -170,7 +170,8 @@ def mcp(
 
     settings = _settings(state_dir, database_url)
     database = _database(settings)
-    ports = Ports(enqueue=TaskQueue(settings, database=database).enqueue_publication)
+    queue = TaskQueue(settings, database=database)
+    ports = Ports(enqueue=queue.enqueue_publication, enqueue_worker=queue.enqueue_ci_worker_task)
     run_stdio(database=database, settings=settings, ports=ports, token_name=token_name, read_only=read_only)
 
 
@@ -248,7 +249,8 @@ def _run_action(
 
     settings = _settings(state_dir, database_url)
     database = _database(settings)
-    ports = Ports(enqueue=TaskQueue(settings, database=database).enqueue_publication)
+    queue = TaskQueue(settings, database=database)
+    ports = Ports(enqueue=queue.enqueue_publication, enqueue_worker=queue.enqueue_ci_worker_task)
     actor = _actor()
     try:
         if confirmed and get_action(name).destructive:

@@ -37,11 +37,22 @@ def _source(ci: CIEnvironment, repo: str | None, ref: str, commit: str) -> Sourc
 
 
 # Options shared by sign and publish
-_IDENTITY = typer.Option(..., "--identity", help="Signer identity (SAN URI), e.g. the workflow ref URI.")
+_IDENTITY = typer.Option(
+    None,
+    "--identity",
+    help="Signer identity (SAN URI), e.g. the workflow ref URI. An authority URL signs as the ID "
+    "token's identity (this must then be it); in a CI job it defaults to the workflow's.",
+)
 _AUTHORITY = typer.Option(
     ..., "--authority", envvar="DISKCI_AUTHORITY", help="Authority directory, or URL of authority serve."
 )
-_CREDENTIAL = typer.Option(None, "--credential-file", help="Signer credential (for an authority URL).")
+_ID_TOKEN = typer.Option(
+    "",
+    "--id-token",
+    help="OIDC ID token for an authority URL (else $DISKCI_ID_TOKEN, else asked of the CI job's "
+    "platform through ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN).",
+    show_default=False,
+)
 _ISSUER = typer.Option(None, "--issuer", help="OIDC issuer (local authority only; default: its own).")
 _REPO = typer.Option(None, "--source-repo", help="Source repository URL (default: from CI environment).")
 _REF = typer.Option("", "--source-ref", envvar="GITHUB_REF", help="Git ref built.")
@@ -53,9 +64,9 @@ _CRITICAL = typer.Option(False, "--critical", help="Mark as a security-critical 
 
 def sign(
     build_dir: Path = typer.Argument(..., help="Build directory (with build.json)."),
-    identity: str = _IDENTITY,
+    identity: str | None = _IDENTITY,
     authority: str = _AUTHORITY,
-    credential_file: Path | None = _CREDENTIAL,
+    id_token: str = _ID_TOKEN,
     issuer: str | None = _ISSUER,
     source_repo: str | None = _REPO,
     source_ref: str = _REF,
@@ -66,24 +77,26 @@ def sign(
     """Sign the publication's OCI index digest and its SLSA provenance (sigstore bundles in signatures/).
 
     Example: [bold]diskci sign build-out --identity https://git.example.com/ops/img --authority ./authority[/]
+
+    In a CI job, with the platform's authority: [bold]diskci sign build-out --authority http://127.0.0.1:8300[/]
     """
-    from diskci.publish import ci_environment, sign_build
+    from diskci.publish import ci_environment, default_identity, sign_build
 
     ci = ci_environment()
     result = sign_build(
         build_dir,
         authority=authority,
-        identity=identity,
+        identity=identity or default_identity(authority, ci),
         issuer=issuer,
-        credential=ci.authority_token,
-        credential_file=credential_file,
+        id_token=id_token or ci.id_token,
+        id_token_request=ci.id_token_request,
         source=_source(ci, source_repo, source_ref, source_commit),
         run_id=run_id,
     )
     if json_out:
         print_json(_jsonable(result))
     else:
-        stdout.print(f"signed {result.index_digest} as {identity}")
+        stdout.print(f"signed {result.index_digest} as {result.identity}")
         for b in result.bundles:
             stdout.print(f"  {b}")
 
@@ -242,9 +255,9 @@ def publish(
         "--work-dir",
         help="With --from-registry: where the joined build.json and signatures go (default: temporary).",
     ),
-    identity: str = _IDENTITY,
+    identity: str | None = _IDENTITY,
     authority: str = _AUTHORITY,
-    credential_file: Path | None = _CREDENTIAL,
+    id_token: str = _ID_TOKEN,
     issuer: str | None = _ISSUER,
     notify_url: str | None = typer.Option(
         None, "--notify-url", help="Webhook URL; no notification if unset."
@@ -265,17 +278,17 @@ def publish(
 
     After one CI job per architecture ran [bold]diskci push build-out --arch A --to REPO[/]:
     [bold]diskci publish --from-registry 127.0.0.1:5000/ops/disk-images/debian-12 --spec
-    platforms/debian-12-amd64.yaml --identity $ID --authority $AUTHORITY_URL[/]
+    platforms/debian-12-amd64.yaml --authority $AUTHORITY_URL[/] (in a CI job: it signs as the job)
     """
-    from diskci.publish import ci_environment
+    from diskci.publish import ci_environment, default_identity
 
     ci = ci_environment()
     common: dict[str, Any] = {
-        "identity": identity,
+        "identity": identity or default_identity(authority, ci),
         "authority": authority,
         "issuer": issuer,
-        "credential": ci.authority_token,
-        "credential_file": credential_file,
+        "id_token": id_token or ci.id_token,
+        "id_token_request": ci.id_token_request,
         "source": _source(ci, source_repo, source_ref, source_commit),
         "run_id": run_id,
         "notify_url": notify_url or None,

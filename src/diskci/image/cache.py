@@ -533,3 +533,17 @@ def prune(root: Path, max_size: int) -> dict[str, Any]:
         "bytes": total,
         "entries": len(all_entries) - len(removed),
     }
+
+
+def default_cache_dir() -> Path:
+    """``$DISKCI_CACHE``, else ``$XDG_CACHE_HOME/diskci``, else ``/var/cache/diskci`` for root, else
+    ``~/.cache/diskci`` (a CI worker sets DISKCI_CACHE so that every job shares one cache)."""
+    explicit = os.environ.get("DISKCI_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "diskci"
+    if os.geteuid() == 0:
+        return Path("/var/cache/diskci")
+    return Path.home() / ".cache" / "diskci"

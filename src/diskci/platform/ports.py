@@ -20,6 +20,12 @@ class EnqueuePublication(Protocol):
     def __call__(self, delivery_id: str, /) -> str: ...
 
 
+class EnqueueTask(Protocol):
+    """Queue the work a stored ``Task`` row describes (its task_id is the message's id)."""
+
+    def __call__(self, task_id: str, /) -> str: ...
+
+
 class PortUnavailable(PlatformError):
     """The adapter running this code was not given the port it needs (a queue, a CI backend ...)."""
 
@@ -33,14 +39,18 @@ class Ports:
     enqueue: EnqueuePublication | None = None
     """The task queue: ``enqueue(delivery_id) -> task_id`` (see ``diskci.platform.tasks.TaskQueue``)."""
 
-    ci_backend: object | None = None
-    """The CI backend builds are dispatched to (embedded runner.v1 server, Gitea); not wired yet."""
-
-    compute_provider: object | None = None
-    """The compute provider CI workers are provisioned on (local, EC2); not wired yet."""
+    enqueue_worker: EnqueueTask | None = None
+    """The task queue for a stored Task row (CI worker provisioning and termination):
+    ``enqueue_worker(task_id) -> task_id``."""
 
     def enqueue_publication(self, delivery_id: str) -> str:
         """Queue ``delivery_id`` for the publication processor; returns its task_id."""
         if self.enqueue is None:
             raise PortUnavailable(f"cannot queue delivery {delivery_id}: this adapter has no task queue")
         return self.enqueue(delivery_id)
+
+    def enqueue_worker_task(self, task_id: str) -> str:
+        """Queue the CI worker Task row ``task_id``; returns it."""
+        if self.enqueue_worker is None:
+            raise PortUnavailable(f"cannot queue task {task_id}: this adapter has no task queue")
+        return self.enqueue_worker(task_id)

@@ -83,6 +83,13 @@ class PlatformSettings(BaseSettings):
     retention_minute: int = 0
     event_retention_days: int = Field(default=EVENT_RETENTION_DAYS, ge=1, le=36_500)
     netboot_report_events_max: int = Field(default=NETBOOT_REPORT_EVENTS_MAX, ge=100, le=1_000_000_000)
+    # Secure Boot (diskci.platform.secureboot): the fleet key that signs verified UKIs lives in files,
+    # never in the database; default <state_dir>/secureboot/db.key and db.crt. ``secureboot_signer``
+    # names another signer ("package.module:factory", called with these settings), e.g. an HSM's.
+    secureboot_key_file: Path | None = None
+    secureboot_cert_file: Path | None = None
+    secureboot_signer: str = ""
+    secureboot_validity_days: int = Field(default=14, ge=1, le=3650)  # a signed UKI's boot window
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> PlatformSettings:

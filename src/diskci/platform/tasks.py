@@ -1,5 +1,6 @@
 """The platform's task queue: a factory building the huey instance for a ``PlatformSettings``, with
-the queued work registered on it (publication processing, daily retention).
+the queued work registered on it (publication processing, daily retention, CI job lease expiry every
+30 s: ``expire_ci_jobs``, whose lost jobs each get a ``ci_job_worker_lost`` event).
 
 ``TaskQueue(settings)`` is the one way to get the queue: ``diskci platform serve`` consumes it in
 threads, ``diskci platform consume`` in a queue consumer process, the HTTP app enqueues on it, and the
@@ -19,6 +20,9 @@ lease (``Task.lease_expires_at``, ``settings.task_lease_seconds``) that a heartb
 (``recover_abandoned``) and when ``diskci platform serve``/``consume`` start (``TaskQueue.recover``,
 which also removes the blob cache's temporary files of dead processes). The processor takes over the
 publication row it finds ``processing``, so a recovered delivery ends in exactly one publication.
+CI worker tasks (``ci_worker_task``: provision or terminate, ``services.worker_lifecycle``) are Task
+rows written by their action and queued under the same id once it commits; ``recover`` re-queues them
+by the same lease rules (``recover_ci_worker_tasks``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,9 @@ DEFAULT_QUEUE_NAME = "diskci"
 PUBLICATION_TASK_KIND = "disk_image_publication"
 PUBLICATION_RETRIES = 3
 PUBLICATION_RETRY_DELAY = 10
+CI_WORKER_RETRIES = 4  # a provisioning or termination attempt that failed is tried again this often
+CI_WORKER_RETRY_DELAY = 5
+CI_LEASE_CHECK_SECONDS = 30  # how often CI job leases are checked (a periodic task, plus one scheduled)
 
 
 def make_huey(settings: PlatformSettings) -> Huey:
@@ -84,6 +91,9 @@ class _Registered:
     retention_daily: TaskWrapper
     retention_now: TaskWrapper
     recover_abandoned: TaskWrapper
+    ci_worker_task: TaskWrapper
+    expire_ci_leases: TaskWrapper
+    expire_ci_leases_periodic: TaskWrapper
 
 
 class TaskQueue:
@@ -126,6 +136,22 @@ class TaskQueue:
         """Every minute: re-queue the deliveries whose processing was abandoned (``recover``)."""
         return self._registered.recover_abandoned
 
+    @property
+    def expire_ci_leases(self) -> TaskWrapper:
+        """Fail the CI jobs whose worker stopped calling (``worker_lost``); the periodic task runs it every
+        minute and schedules it once more 30 s later, so a lost worker is noticed within ~30 s."""
+        return self._registered.expire_ci_leases
+
+    @property
+    def ci_worker_task(self) -> TaskWrapper:
+        """``ci_worker_task(task_id)``: provision or terminate a CI worker, as its Task row says."""
+        return self._registered.ci_worker_task
+
+    def enqueue_ci_worker_task(self, task_id: str) -> str:
+        """Queue the CI worker Task row ``task_id`` (the queue message gets the same id); returns it."""
+        self.huey.enqueue(self.ci_worker_task.s(task_id, id=task_id))
+        return task_id
+
     def database(self) -> Database:
         return self._database if self._database is not None else get_database()
 
@@ -150,6 +176,14 @@ class TaskQueue:
         )
         if requeued:
             log.warning("recovery: re-queued %d abandoned deliveries: %s", len(requeued), requeued)
+        workers = recover_ci_worker_tasks(
+            self.database(),
+            self.enqueue_ci_worker_task,
+            lease_seconds=self.settings.task_lease_seconds,
+            waiting=self.waiting_task_ids(),
+        )
+        if workers:
+            log.warning("recovery: re-queued %d abandoned CI worker task(s): %s", len(workers), workers)
         return requeued
 
     def enqueue_publication(self, delivery_id: str) -> str:
@@ -169,10 +203,14 @@ class TaskQueue:
             DiskImagePublicationProcessor,
         )
 
+        from diskci.platform.secureboot.signing import sign_after_publish
+
+        database, blobs = self.database(), BlobCache(self.settings.blob_dir)
         return DiskImagePublicationProcessor(
-            database=self.database(),
-            blobs=BlobCache(self.settings.blob_dir),
+            database=database,
+            blobs=blobs,
             authority_dir=self.settings.state_dir / AUTHORITY_DIR,
+            after_published=sign_after_publish(self.settings, database, blobs),
         )
 
     def retention_service(self) -> Any:
@@ -398,7 +436,29 @@ def _register(queue: TaskQueue, huey: Huey) -> _Registered:
         """Re-queue the deliveries whose processing was abandoned."""
         return queue.recover()
 
+    def expire_ci_leases() -> list[int]:
+        """Fail the CI jobs whose lease ran out (``worker_lost``), each with an event."""
+        return expire_ci_jobs(queue.database())
+
+    expire_ci_leases_task = huey.task()(expire_ci_leases)
+
+    def expire_ci_leases_periodic() -> list[int]:
+        """Every minute, and (scheduled) half a minute later: lease expiry every 30 s."""
+        expire_ci_leases_task.schedule(delay=CI_LEASE_CHECK_SECONDS)
+        return expire_ci_jobs(queue.database())
+
+    def ci_worker_task(task_id: str, task: HueyTask | None = None) -> dict[str, Any]:
+        """Provision or terminate a CI worker (the Task row ``task_id`` says which and whom)."""
+        return _run_ci_worker_task(queue, task_id, task)
+
+    def secureboot_resign_daily() -> dict[str, Any]:
+        """Renew the Secure Boot window of every default publication's signed UKIs (when a key is set)."""
+        from diskci.platform.secureboot.signing import resign_defaults_if_configured
+
+        return resign_defaults_if_configured(settings, queue.database())
+
     schedule = crontab(minute=str(settings.retention_minute), hour=str(settings.retention_hour))
+    huey.periodic_task(schedule, name="secureboot_resign_daily")(secureboot_resign_daily)
     return _Registered(
         huey=huey,
         process_publication=huey.task(
@@ -407,7 +467,34 @@ def _register(queue: TaskQueue, huey: Huey) -> _Registered:
         retention_daily=huey.periodic_task(schedule)(retention_daily),
         retention_now=huey.task()(retention_now),
         recover_abandoned=huey.periodic_task(crontab(minute="*"))(recover_abandoned),
+        ci_worker_task=huey.task(retries=CI_WORKER_RETRIES, retry_delay=CI_WORKER_RETRY_DELAY, context=True)(
+            ci_worker_task
+        ),
+        expire_ci_leases=expire_ci_leases_task,
+        expire_ci_leases_periodic=huey.periodic_task(crontab(minute="*"))(expire_ci_leases_periodic),
     )
+
+
+def expire_ci_jobs(database: Database) -> list[int]:
+    """Fail every in-progress CI job whose lease ran out (``scheduler.expire_leases``, reason
+    ``worker_lost``) and record a ``ci_job_worker_lost`` event for each; returns their ids."""
+    from diskci.platform.actions.events import record_event
+    from diskci.platform.ci.scheduler import expire_leases
+
+    with database.session() as session:
+        lost = expire_leases(session)
+        for job in lost:
+            record_event(
+                session,
+                "ci_job_worker_lost",
+                platform_id=job.run.platform_id,
+                subject=f"run {job.run_id}: {job.name}",
+                reason="worker_lost",
+                payload={"run_id": job.run_id, "job": job.name, "runner_id": job.runner_id},
+            )
+        if lost:
+            log.warning("CI: %d job(s) lost their worker: %s", len(lost), [j.id for j in lost])
+        return [job.id for job in lost]
 
 
 def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | None) -> dict[str, Any]:
@@ -480,6 +567,142 @@ def _process_publication(queue: TaskQueue, delivery_id: str, task: HueyTask | No
         lease_expires_at=None,
     )
     return result
+
+
+def _claim_worker_task(database: Database, task_id: str, lease_seconds: int) -> Task | None:
+    """Take the queued (or abandoned running) Task ``task_id``: running, under a lease; None when it
+    is finished, unknown, or another consumer holds it (a message delivered twice)."""
+    now = datetime.now(UTC)
+    with database.session() as s:
+        won = (
+            s.query(Task)
+            .filter(
+                Task.task_id == task_id,
+                or_(
+                    Task.status == TaskStatus.QUEUED.value,
+                    (Task.status == TaskStatus.RUNNING.value)
+                    & (or_(Task.lease_expires_at.is_(None), Task.lease_expires_at < now)),
+                ),
+            )
+            .update(
+                {
+                    Task.status: TaskStatus.RUNNING.value,
+                    Task.started_at: now,
+                    Task.lease_expires_at: lease_until(lease_seconds, now),
+                    Task.attempts: Task.attempts + 1,
+                },
+                synchronize_session=False,
+            )
+        )
+        if not won:
+            return None
+        row = s.scalar(select(Task).where(Task.task_id == task_id))
+        if row is not None:
+            s.expunge(row)
+        return row
+
+
+def _run_ci_worker_task(queue: TaskQueue, task_id: str, task: HueyTask | None) -> dict[str, Any]:
+    """Run the CI worker Task ``task_id`` (``services.worker_lifecycle.run_step``) under a lease; a
+    failed attempt is recorded (``step_failed``) and retried by the queue until the last one."""
+    from diskci.platform.services import worker_lifecycle
+
+    database = queue.database()
+    lease = queue.settings.task_lease_seconds
+    row = _claim_worker_task(database, task_id, lease)
+    if row is None:
+        log.info("CI worker task %s: finished, unknown or taken by another consumer; skipped", task_id)
+        return {"skipped": task_id}
+    final = task is None or task.retries == 0
+    try:
+        with _heartbeat(database, task_id, lease):
+            result = worker_lifecycle.run_step(database, queue.settings, row.kind, dict(row.payload or {}))
+    except Exception as exc:
+        detail = exc.diagnostics() if isinstance(exc, DiskciError) else f"{type(exc).__name__}: {exc}"
+        log.error("CI worker task %s (%s), attempt %d: %s", task_id, row.kind, row.attempts, detail)
+        worker_lifecycle.step_failed(
+            database, row.kind, dict(row.payload or {}), detail, attempt=row.attempts, final=final
+        )
+        status = TaskStatus.FAILED if final else TaskStatus.QUEUED
+        retry_lease = None if final else lease_until(lease + CI_WORKER_RETRY_DELAY)
+        _record_task(
+            database,
+            task_id,
+            row.kind,
+            {},
+            status=status.value,
+            error=detail[:4000],
+            lease_expires_at=retry_lease,
+            finished_at=datetime.now(UTC) if final else None,
+        )
+        if final:
+            return {"error": type(exc).__name__, "detail": detail}
+        raise
+    _record_task(
+        database,
+        task_id,
+        row.kind,
+        {},
+        status=TaskStatus.SUCCEEDED.value,
+        result=result,
+        error=None,
+        finished_at=datetime.now(UTC),
+        lease_expires_at=None,
+    )
+    return result
+
+
+def recover_ci_worker_tasks(
+    database: Database,
+    enqueue: Callable[[str], str],
+    *,
+    lease_seconds: int,
+    waiting: set[str] | None,
+    now: datetime | None = None,
+) -> list[str]:
+    """Queue again every CI worker Task that was abandoned (``abandoned``: its consumer died, or its
+    message was lost); returns their task ids. A compare-and-set on status and lease lets one
+    recoverer win."""
+    from diskci.platform.services.worker_lifecycle import WORKER_TASK_KINDS
+
+    now = now or datetime.now(UTC)
+    with database.read_session() as s:
+        rows = list(
+            s.scalars(
+                select(Task).where(
+                    Task.kind.in_(WORKER_TASK_KINDS),
+                    Task.status.in_([TaskStatus.RUNNING.value, TaskStatus.QUEUED.value]),
+                )
+            )
+        )
+        for row in rows:
+            s.expunge(row)
+    requeued = []
+    for row in rows:
+        if not abandoned(row, now, lease_seconds=lease_seconds, waiting=waiting):
+            continue
+        with database.session() as s:
+            won = (
+                s.query(Task)
+                .filter(
+                    Task.id == row.id,
+                    Task.status == row.status,
+                    Task.lease_expires_at.is_(None)
+                    if row.lease_expires_at is None
+                    else Task.lease_expires_at == row.lease_expires_at,
+                )
+                .update(
+                    {
+                        Task.status: TaskStatus.QUEUED.value,
+                        Task.lease_expires_at: lease_until(lease_seconds, now),
+                    },
+                    synchronize_session=False,
+                )
+            )
+        if won:
+            enqueue(row.task_id)
+            requeued.append(row.task_id)
+    return requeued
 
 
 @cache

@@ -2,7 +2,8 @@
 
 Public API (used by ``diskci sign``, ``diskci authority`` and the HTTP front ``authority_http``):
 ``SigningAuthority.init(dir)`` / ``SigningAuthority.open(dir)``, ``issue_certificate()``,
-``log_dsse()``, ``trusted_root_json()``, signer credentials (``add_credential``/``check_credential``).
+``log_dsse()``, ``trusted_root_json()``. Who may obtain a certificate over HTTP, and for which
+identity, is ``authority_http``'s business (a CI job's OIDC ID token); in-process callers are trusted.
 
 It issues the same evidence a public Sigstore deployment does, so sigstore-python's stock ``Verifier``
 accepts it given only ``trusted_root.json``:
@@ -19,7 +20,6 @@ Directory layout (private keys are mode 0600, the directory 0700)::
     authority.json        name, origin, default issuer, creation time
     root.key root.pem intermediate.key intermediate.pem ctlog.key tlog.key
     trusted_root.json     what verifiers need (media type ...trustedroot+json;version=0.1)
-    credentials.json      per-signer credentials: sha256 of the token, issuer, allowed identity prefix
     log/entries.jsonl     the transparency log
 """
 
@@ -28,12 +28,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import hmac
 import json
 import os
-import secrets
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from diskci.atomic import atomic_path
-from diskci.errors import SupplyChainError, Unauthorized
+from diskci.errors import SupplyChainError
 from diskci.mediatypes import SIGSTORE_TRUSTED_ROOT
 from diskci.supplychain.policy import OID_ISSUER_V1, OID_ISSUER_V2
 from diskci.supplychain.tlog import LogEntry, TransparencyLog, key_id
@@ -152,15 +149,6 @@ def _der_octets(raw: bytes) -> bytes:
     return b"\x04" + bytes([0x80 | len(n)]) + n + raw
 
 
-@dataclass(frozen=True)
-class Credential:
-    """A signer's right to obtain certificates and log entries from ``authority serve``."""
-
-    signer: str
-    issuer: str
-    identity_prefix: str
-
-
 class SigningAuthority:
     """An authority directory opened for issuing. Construct with ``init()`` or ``open()``."""
 
@@ -247,8 +235,6 @@ class SigningAuthority:
                 "created": now.isoformat(),
             }
             (tmp / "authority.json").write_text(json.dumps(config, indent=2) + "\n")
-            (tmp / "credentials.json").write_text("{}\n")
-            os.chmod(tmp / "credentials.json", 0o600)
             (tmp / "log").mkdir(mode=0o700)
             authority = cls(tmp)
             (tmp / "trusted_root.json").write_bytes(authority.trusted_root_json())
@@ -434,38 +420,3 @@ class SigningAuthority:
             certificate.verify_directly_issued_by(self.intermediate_cert)
         except (InvalidSignature, ValueError, TypeError) as exc:
             raise AuthorityError(f"the certificate was not issued by this authority: {exc}") from None
-
-    # --- signer credentials --------------------------------------------------------------------
-    def _credentials(self) -> dict[str, dict[str, str]]:
-        path = self.directory / "credentials.json"
-        try:
-            data: dict[str, dict[str, str]] = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        return data
-
-    def add_credential(self, signer: str, *, issuer: str | None = None, identity_prefix: str = "") -> str:
-        """Create (or replace) ``signer``'s credential; returns the token (shown once, stored hashed)."""
-        if not signer or not signer.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise AuthorityError(f"invalid signer name {signer!r}: use letters, digits, '-', '_', '.'")
-        token = f"dci_{signer}_{secrets.token_urlsafe(32)}"
-        creds = self._credentials()
-        creds[signer] = {
-            "token_sha256": hashlib.sha256(token.encode()).hexdigest(),
-            "issuer": issuer or self.config["default_issuer"],
-            "identity_prefix": identity_prefix,
-        }
-        path = self.directory / "credentials.json"
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(creds, indent=2, sort_keys=True) + "\n")
-            os.chmod(tmp, 0o600)
-        os.chmod(path, 0o600)
-        return token
-
-    def check_credential(self, token: str) -> Credential:
-        """The credential ``token`` belongs to, or ``Unauthorized``."""
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        for signer, rec in self._credentials().items():
-            if hmac.compare_digest(rec["token_sha256"], digest):
-                return Credential(signer=signer, issuer=rec["issuer"], identity_prefix=rec["identity_prefix"])
-        raise Unauthorized("unknown or revoked signer credential")

@@ -39,12 +39,14 @@ from diskci.platform.settings import PlatformSettings
 ACTION_MODULES = (
     "diskci.platform.actions.platforms",
     "diskci.platform.actions.instances",
+    "diskci.platform.actions.ci_workers",
     "diskci.platform.actions.webhooks",
     "diskci.platform.actions.publications",
     "diskci.platform.actions.publication_diff",
     "diskci.platform.actions.retention",
     "diskci.platform.actions.events",
     "diskci.platform.actions.ci_runs",
+    "diskci.platform.actions.ci_settings",
     "diskci.platform.actions.tokens",
 )
 
@@ -70,7 +72,7 @@ class Empty(ActionModel):
 @dataclass
 class ActionContext:
     """What an action may use: the open session, the settings, who is calling, the clock, and the
-    adapter's ports (``ctx.ports.enqueue_publication(...)``; ``ci_backend`` and ``compute_provider``)."""
+    adapter's ports (``ctx.ports.enqueue_publication(...)``; ``ctx.ports.enqueue_worker_task(...)``)."""
 
     session: Session
     settings: PlatformSettings

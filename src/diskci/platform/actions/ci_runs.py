@@ -1,21 +1,43 @@
 """CI runs of the embedded backend, read as Gitea's API reads them: a run with its jobs and steps, a
 job's log by row offset. Statuses and conclusions are Gitea's words, so both backends read the same.
 
-Starting a run (``bootstrap_disk_image_ci``) waits for a NodePlatform's image-build repository setting.
+``bootstrap_disk_image_ci`` starts a run of the workflow at a ref of the platform's image-build
+repository (a ``workflow_dispatch`` with input ``arches``); the repository is read (fetched) before the
+action's write transaction begins, so a slow remote never holds the database. A queued job no live
+runner can take says which labels it waits for (``waiting_for_labels``).
+``system_cancel_disk_image_ci_run`` cancels what is not finished (runners learn it at their next call).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+from datetime import datetime, timedelta
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from diskci.errors import NotFound
+from diskci.errors import Conflict, InvalidRequest, NotFound
 from diskci.platform.actions.catalog import ActionContext, ActionModel, action
-from diskci.platform.db.models import CiJob, CiLogRow, CiRun, Role
+from diskci.platform.actions.events import record_event
+from diskci.platform.actions.platforms import PlatformNotFound, get_platform
+from diskci.platform.ci import scheduler, triggers
+from diskci.platform.ci.runners import label_names
+from diskci.platform.db.models import (
+    CiJob,
+    CiLogRow,
+    CiRun,
+    CiRunner,
+    CiRunnerStatus,
+    CiStatus,
+    NodePlatform,
+    Role,
+    utcnow,
+)
+from diskci.spec import Architecture
 
 MAX_LOG_PAGE = 5000
+RUNNER_LIVE = timedelta(seconds=90)  # a runner that called within this is live (they poll every few s)
 
 
 class CiRunNotFound(NotFound):
@@ -24,6 +46,14 @@ class CiRunNotFound(NotFound):
 
 class CiJobNotFound(NotFound):
     pass
+
+
+class UndefinedArchitecture(InvalidRequest):
+    """Architectures asked of a platform that does not define them."""
+
+
+class RunAlreadyCompleted(Conflict):
+    """A CI run that is completed cannot be cancelled."""
 
 
 class GetRunInput(ActionModel):
@@ -43,6 +73,10 @@ class JobOut(ActionModel):
     failure_reason: str | None = Field(description="why it failed when the platform knows (worker_lost)")
     labels: list[str]
     runner: str | None = Field(description="the name of the CI worker that ran it")
+    waiting_for_labels: list[str] = Field(
+        default_factory=list,
+        description="a queued job that no live CI worker can take: the labels it waits for a worker with",
+    )
     started_at: datetime | None
     completed_at: datetime | None
     steps: list[StepOut]
@@ -70,13 +104,43 @@ def _run(ctx: ActionContext, run_id: int) -> CiRun:
     return run
 
 
+def _live_label_sets(session: Session) -> list[set[str]]:
+    """The label names of each live runner (not revoked, not offline, heard from lately)."""
+    since = utcnow() - RUNNER_LIVE
+    rows = session.scalars(
+        select(CiRunner.labels).where(
+            CiRunner.revoked_at.is_(None),
+            CiRunner.status != CiRunnerStatus.OFFLINE.value,
+            CiRunner.status != CiRunnerStatus.REVOKED.value,
+            CiRunner.last_seen >= since,
+        )
+    ).all()
+    return [label_names(labels) for labels in rows]
+
+
+def waiting_for_labels(job: CiJob, live: list[set[str]]) -> list[str]:
+    """What a queued job waits for: [] when a live runner has all its labels; else the labels no live
+    runner has, or all of them when each is somewhere but no one runner has them all."""
+    if job.status != CiStatus.QUEUED.value:
+        return []
+    needed = set(job.labels)
+    if any(needed <= names for names in live):
+        return []
+    anywhere = set().union(*live) if live else set()
+    missing = sorted(needed - anywhere)
+    return missing or sorted(needed)
+
+
 @action("get_gitea_workflow_run", GetRunInput, RunOut, Role.VIEWER, read_only=True)
 def get_gitea_workflow_run(ctx: ActionContext, data: GetRunInput) -> RunOut:
     """Show a CI run: its status and conclusion, each job with its worker and steps, the publication.
 
+    A queued job that no live CI worker can take lists the labels it waits for (waiting_for_labels).
+
     Example: {"run_id": 12}
     """
     run = _run(ctx, data.run_id)
+    live = _live_label_sets(ctx.session) if any(j.status == CiStatus.QUEUED.value for j in run.jobs) else []
     jobs = [
         JobOut(
             name=job.name,
@@ -85,6 +149,7 @@ def get_gitea_workflow_run(ctx: ActionContext, data: GetRunInput) -> RunOut:
             failure_reason=job.failure_reason,
             labels=list(job.labels),
             runner=job.runner.name if job.runner is not None else None,
+            waiting_for_labels=waiting_for_labels(job, live),
             started_at=job.started_at,
             completed_at=job.completed_at,
             steps=[
@@ -149,3 +214,162 @@ def get_gitea_job_logs(ctx: ActionContext, data: GetLogsInput) -> LogsOut:
     page = list(rows[: data.limit])
     more = len(rows) > data.limit
     return LogsOut(logs=page, next_offset=data.offset + len(page), complete=job.log_complete and not more)
+
+
+# --- starting and cancelling runs ----------------------------------------------------------------------
+
+
+class BootstrapInput(ActionModel):
+    node_platform_id: int | None = Field(default=None, ge=1, description="The platform, by id ...")
+    node_platform: str | None = Field(default=None, min_length=1, max_length=128, description="... or name.")
+    ref: str = Field(
+        min_length=1,
+        max_length=255,
+        description="A tag (v0.3.0, refs/tags/v0.3.0), a branch or a commit sha.",
+    )
+    arches: list[Architecture] | None = Field(
+        default=None,
+        min_length=1,
+        description="Architectures to build (default: every one the platform has).",
+    )
+    reproducibility_check: bool = Field(
+        default=False, description="Build every architecture twice (the second job named '... (rebuild)')."
+    )
+
+    @model_validator(mode="after")
+    def _one_platform(self) -> BootstrapInput:
+        if (self.node_platform_id is None) == (self.node_platform is None):
+            raise ValueError("give node_platform_id or node_platform (its name), one of them")
+        return self
+
+
+class BootstrapOutput(ActionModel):
+    run_id: int
+    status: str
+    platform: str
+    ref: str = Field(description="the ref as resolved: refs/tags/v0.3.0, refs/heads/main, or the sha")
+    sha: str
+    event: str
+    arches: list[str]
+    reproducibility_check: bool
+    jobs: list[str] = Field(description="the run's jobs, in order")
+
+
+def _platform_of(session: Session, data: BootstrapInput) -> NodePlatform:
+    if data.node_platform is not None:
+        return get_platform(session, data.node_platform)
+    platform = session.get(NodePlatform, data.node_platform_id)
+    if platform is None:
+        raise PlatformNotFound(f"no node platform with id {data.node_platform_id}")
+    return platform
+
+
+def _arches(platform: NodePlatform, asked: list[Architecture] | None) -> list[str]:
+    defined = list(platform.architectures)
+    if asked is None:
+        return defined
+    names = list(dict.fromkeys(a.value for a in asked))
+    undefined = [a for a in names if a not in defined]
+    if undefined:
+        raise UndefinedArchitecture(
+            f"node platform {platform.name!r} does not define {', '.join(undefined)}"
+            f" (it defines {', '.join(defined) or 'none'})"
+        )
+    return names
+
+
+@action("bootstrap_disk_image_ci", BootstrapInput, BootstrapOutput, Role.OPERATOR)
+def bootstrap_disk_image_ci(ctx: ActionContext, data: BootstrapInput) -> BootstrapOutput:
+    """Start a CI run of the platform's build workflow at a ref of its image-build repository.
+
+    The ref is resolved in the repository (an unknown ref is refused and no run is made); the workflow
+    is read at that commit and split into jobs (one build per architecture, then publish).
+
+    Example: {"node_platform": "debian-12-amd64", "ref": "v0.3.0", "arches": ["amd64", "arm64"]}
+    """
+    # 1. read what the git work needs, then do it outside the write transaction (it may fetch)
+    reader = ctx.database.read_session() if ctx.database is not None else None
+    if reader is not None:
+        with reader as session:
+            platform = _platform_of(session, data)
+            arches = _arches(platform, data.arches)
+            source = triggers.git_source(ctx.settings, platform)
+    else:
+        platform = _platform_of(ctx.session, data)
+        arches = _arches(platform, data.arches)
+        source = triggers.git_source(ctx.settings, platform)
+    resolved = source.resolve(data.ref)
+    workflow_text = triggers.read_workflow(source, resolved)
+    # 2. the run, in the action's unit of work
+    platform = _platform_of(ctx.session, data)
+    arches = _arches(platform, data.arches)  # the platform may have changed meanwhile
+    started = triggers.start_run(
+        ctx.session,
+        platform,
+        resolved,
+        workflow_text,
+        event="workflow_dispatch",
+        inputs={"arches": json.dumps(arches, separators=(",", ":"))},
+        reproducibility_check=data.reproducibility_check,
+    )
+    run = started.run
+    record_event(
+        ctx.session,
+        "ci_run_queued",
+        platform=platform,
+        subject=f"run {run.id}",
+        payload={
+            "actor": ctx.actor,
+            "run_id": run.id,
+            "ref": run.ref,
+            "sha": run.sha,
+            "event": run.event,
+            "arches": arches,
+            "reproducibility_check": run.reproducibility_check,
+        },
+    )
+    return BootstrapOutput(
+        run_id=run.id,
+        status=run.status,
+        platform=platform.name,
+        ref=run.ref,
+        sha=run.sha,
+        event=run.event,
+        arches=arches,
+        reproducibility_check=run.reproducibility_check,
+        jobs=[j.name for j in run.jobs],
+    )
+
+
+class CancelRunOutput(ActionModel):
+    run_id: int
+    status: str
+    conclusion: str | None
+    cancelled_jobs: list[str] = Field(description="the jobs that were not finished and are now cancelled")
+
+
+@action("system_cancel_disk_image_ci_run", GetRunInput, CancelRunOutput, Role.OPERATOR, destructive=True)
+def system_cancel_disk_image_ci_run(ctx: ActionContext, data: GetRunInput) -> CancelRunOutput:
+    """Cancel a CI run: every job not finished ends cancelled; a worker running one stops it.
+
+    Example: {"run_id": 12}
+    """
+    run = _run(ctx, data.run_id)
+    if run.status == CiStatus.COMPLETED.value:
+        raise RunAlreadyCompleted(
+            f"CI run {run.id} is already completed ({run.conclusion}): nothing to cancel"
+        )
+    cancelled = scheduler.cancel_run(ctx.session, run, now=ctx.now)
+    record_event(
+        ctx.session,
+        "ci_run_cancelled",
+        platform_id=run.platform_id,
+        subject=f"run {run.id}",
+        payload={"actor": ctx.actor, "run_id": run.id, "jobs": [j.name for j in cancelled]},
+    )
+    return CancelRunOutput(
+        run_id=run.id,
+        status=run.status,
+        conclusion=run.conclusion,
+        cancelled_jobs=[j.name for j in cancelled],
+    )

@@ -10,7 +10,8 @@ from pydantic import Field, field_validator
 from sqlalchemy import func, select
 
 from diskci.errors import Conflict, InvalidRequest
-from diskci.platform.actions.catalog import ActionContext, ActionModel, Empty, action
+from diskci.platform.actions.catalog import ActionContext, ActionModel, action
+from diskci.platform.actions.ci_workers import WorkerHostStats, worker_host_stats
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
 from diskci.platform.db.models import (
@@ -153,6 +154,15 @@ class InstanceStats(ActionModel):
     tasks: dict[str, int] = Field(description="Tasks by status.")
     events: int
     last_event_at: datetime | None
+    worker: WorkerHostStats | None = Field(
+        default=None, description="With instance_id: that CI worker's disk, memory and load (its heartbeats)."
+    )
+
+
+class InstanceStatsInput(ActionModel):
+    instance_id: int | None = Field(
+        default=None, description="A CI worker's NodeInstance id: also give its host's disk, memory and load."
+    )
 
 
 def _counts(ctx: ActionContext, column: Any) -> dict[str, int]:
@@ -160,13 +170,15 @@ def _counts(ctx: ActionContext, column: Any) -> dict[str, int]:
     return {str(value): int(count) for value, count in rows}
 
 
-@action("system_get_instance_stats", Empty, InstanceStats, Role.VIEWER, read_only=True)
-def system_get_instance_stats(ctx: ActionContext, data: Empty) -> InstanceStats:
-    """Counts for this platform instance: platforms, nodes, publications, tasks and events.
+@action("system_get_instance_stats", InstanceStatsInput, InstanceStats, Role.VIEWER, read_only=True)
+def system_get_instance_stats(ctx: ActionContext, data: InstanceStatsInput) -> InstanceStats:
+    """Counts for this platform instance: platforms, nodes, publications, tasks and events; with
+    instance_id, also that CI worker's disk, memory and load as its last heartbeat gave them.
 
-    Example: {}
+    Example: {} or {"instance_id": 3}
     """
     s = ctx.session
+    worker = worker_host_stats(s, data.instance_id) if data.instance_id is not None else None
     return InstanceStats(
         node_platforms=s.scalar(select(func.count()).select_from(NodePlatform)) or 0,
         node_instances=_counts(ctx, NodeInstance.status),
@@ -175,4 +187,5 @@ def system_get_instance_stats(ctx: ActionContext, data: Empty) -> InstanceStats:
         tasks=_counts(ctx, Task.status),
         events=s.scalar(select(func.count()).select_from(Event)) or 0,
         last_event_at=s.scalar(select(func.max(Event.created_at))),
+        worker=worker,
     )

@@ -111,6 +111,9 @@ class NodePlatformOut(ActionModel):
     retention_critical_days: int
     created_at: datetime
     updated_at: datetime
+    image_build_repository: str | None = None
+    ci_variables: dict[str, str] = Field(default_factory=dict)
+    has_push_secret: bool = False
 
     @classmethod
     def of(cls, p: NodePlatform) -> NodePlatformOut:
@@ -127,6 +130,9 @@ class NodePlatformOut(ActionModel):
             retention_critical_days=p.retention_critical_days,
             created_at=p.created_at,
             updated_at=p.updated_at,
+            image_build_repository=p.image_build_repository,
+            ci_variables=dict(p.ci_variables or {}),
+            has_push_secret=p.push_secret_encrypted is not None,
         )
 
 

@@ -75,7 +75,7 @@ def provision_disk_image_webhook(ctx: ActionContext, data: ProvisionWebhookInput
     platform = get_platform(ctx.session, data.platform)
     secret = data.secret or generate_secret()
     purpose = secret_purpose(platform.id)
-    url = data.url or f"{ctx.settings.public_base_url}{WEBHOOK_PATH}"
+    url = data.url or f"{ctx.settings.ci_base_url}{WEBHOOK_PATH}"
     webhook = ctx.session.scalar(select(DiskImageWebhook).where(DiskImageWebhook.platform_id == platform.id))
     previous_fp: str | None = None
     if webhook is None:

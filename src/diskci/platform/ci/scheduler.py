@@ -26,7 +26,7 @@ import yaml
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from diskci.platform.ci.jobs import split_workflow
+from diskci.platform.ci.jobs import PlannedJob, split_workflow
 from diskci.platform.ci.runners import label_names
 from diskci.platform.db.models import (
     CiConclusion,
@@ -43,6 +43,7 @@ from diskci.platform.db.models import (
 __all__ = [
     "JOB_LEASE",
     "LOG_CAP_ROWS",
+    "REBUILD_SUFFIX",
     "LogRow",
     "StepReport",
     "append_log",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 JOB_LEASE = timedelta(seconds=60)
+REBUILD_SUFFIX = " (rebuild)"  # the name of a build job's second copy in a reproducibility check
 LOG_CAP_ROWS = 100_000
 MAX_ROW_CHARS = 64 * 1024
 _COMPLETED = CiStatus.COMPLETED.value
@@ -97,11 +99,23 @@ def create_run(
     sha: str = "",
     event: str = "push",
     inputs: Mapping[str, Any] | None = None,
+    trigger_key: str | None = None,
+    reproducibility_check: bool = False,
     now: datetime | None = None,
 ) -> CiRun:
-    """A queued run of ``workflow_text`` with its jobs (``InvalidWorkflow`` when it cannot be split)."""
+    """A queued run of ``workflow_text`` with its jobs (``InvalidWorkflow`` when it cannot be split).
+
+    The platform's ``ci_variables`` are the workflow's ``vars``. With ``reproducibility_check`` each
+    build job (a job that needs none) is planned twice: the second copy has ``replica`` 1 and its name
+    suffixed ``" (rebuild)"``; the jobs that need it wait for both.
+    """
     now = now or utcnow()
-    planned = split_workflow(workflow_text, inputs=inputs)
+    planned = split_workflow(workflow_text, inputs=inputs, vars=dict(platform.ci_variables or {}))
+    copies: list[tuple[PlannedJob, int]] = []
+    for job in planned:
+        copies.append((job, 0))
+        if reproducibility_check and not job.needs:
+            copies.append((job, 1))
     run = CiRun(
         platform_id=platform.id,
         ref=ref,
@@ -109,17 +123,20 @@ def create_run(
         event=event,
         workflow=workflow_text,
         inputs=dict(inputs or {}),
+        trigger_key=trigger_key,
+        reproducibility_check=reproducibility_check,
         created_at=now,
     )
     session.add(run)
     session.flush()
-    for position, job in enumerate(planned):
+    for position, (job, replica) in enumerate(copies):
         session.add(
             CiJob(
                 run_id=run.id,
                 position=position,
                 job_id=job.job_id,
-                name=job.name,
+                name=job.name + REBUILD_SUFFIX if replica else job.name,
+                replica=replica,
                 matrix=job.matrix,
                 labels=job.labels,
                 needs=job.needs,

@@ -50,6 +50,8 @@ from diskci.platform.http.jsonbody import parse_json_object
 from diskci.platform.http.limits import BodyLimitMiddleware, RouteLimits
 from diskci.platform.http.runner_protocol import BODY_LIMITS as RUNNER_LIMITS
 from diskci.platform.http.runner_protocol import router as runner_protocol_router
+from diskci.platform.http.worker_heartbeat import BODY_LIMITS as HEARTBEAT_LIMITS
+from diskci.platform.http.worker_heartbeat import router as worker_heartbeat_router
 from diskci.platform.mcp import confirmations
 from diskci.platform.ports import EnqueuePublication, Ports
 from diskci.platform.services.netboot import MAX_REPORT_BYTES, REPORT_PATH
@@ -285,11 +287,12 @@ def create_app(
     )
     app.state.settings = settings
     app.state.database = database
-    if enqueue is None:
-        from diskci.platform.tasks import TaskQueue
+    from diskci.platform.tasks import TaskQueue
 
-        enqueue = TaskQueue(settings, database=database).enqueue_publication
-    app.state.ports = Ports(enqueue=enqueue)
+    queue = TaskQueue(settings, database=database)
+    app.state.ports = Ports(
+        enqueue=enqueue or queue.enqueue_publication, enqueue_worker=queue.enqueue_ci_worker_task
+    )
     app.add_exception_handler(DiskciError, _diskci_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
@@ -299,6 +302,7 @@ def create_app(
             WEBHOOK_PATH: settings.webhook_max_body_bytes,
             REPORT_PATH: MAX_REPORT_BYTES,
             **RUNNER_LIMITS,
+            **HEARTBEAT_LIMITS,
         },
     )
     app.add_middleware(BodyLimitMiddleware, limits=limits)
@@ -316,6 +320,13 @@ def create_app(
 
     app.include_router(webhook_router)
     app.include_router(runner_protocol_router)  # Gitea's runner protocol at /api/actions
+    app.include_router(worker_heartbeat_router)  # the runners' heartbeats (host stats) beside it
+    from diskci.platform.http.ci_push import router as ci_push_router
+
+    app.include_router(ci_push_router)  # push webhooks of image-build repositories: /api/v1/ci/push/...
+    from diskci.platform.http.oidc import router as oidc_router
+
+    app.include_router(oidc_router)  # the CI jobs' OIDC provider: /.well-known/..., /api/actions/id-token
     add_action_routes(app)
     from diskci.platform.web import mount_web
 

@@ -11,7 +11,10 @@ bytes base64); the answer is protojson the same way (int64 as strings), an error
 - ``Declare`` records the runner's version and labels.
 - ``FetchTask`` hands the oldest queued job whose labels the runner all has: a ``Task`` with the
   one-job workflow (``workflowPayload``), the ``context`` (event, event_name, ref, ref_name, ref_type,
-  sha, repository, run_id, job, server_url...), the outputs and results of the jobs it ``needs``.
+  sha, repository, run_id, job, server_url..., and ``diskci_clone_url``: the platform's image-build
+  repository, where the runner clones from), the outputs and results of the jobs it ``needs``, the
+  platform's CI variables as ``vars`` (``DISKCI_WEBHOOK_URL`` defaulting to its webhook's URL) and, when
+  it has a webhook, ``secrets`` ``{"DISKCI_WEBHOOK_SECRET": <its current secret>}``.
 - ``UpdateTask`` records the job's state (result, steps, outputs); its answer carries the job's result
   as the platform has it, ``RESULT_CANCELLED`` once the job is cancelled (act_runner then stops).
 - ``UpdateLog`` appends rows by index and answers ``ackIndex``; ``noMore`` closes the log.
@@ -38,7 +41,8 @@ from sqlalchemy.orm import Session
 
 from diskci.ci.workflow import WORKFLOW_PATH
 from diskci.errors import DiskciError, InvalidRequest, NotFound
-from diskci.platform.ci import runners, scheduler
+from diskci.platform.actions.webhooks import secret_purpose as webhook_secret_purpose
+from diskci.platform.ci import oidc, runners, scheduler
 from diskci.platform.db.models import (
     CiConclusion,
     CiJob,
@@ -46,10 +50,14 @@ from diskci.platform.db.models import (
     CiRunner,
     CiRunnerStatus,
     CiStatus,
+    DiskImageWebhook,
+    NodePlatform,
     utcnow,
 )
 from diskci.platform.db.session import Database
 from diskci.platform.http.jsonbody import parse_json_object
+from diskci.platform.secrets import SecretBox
+from diskci.platform.settings import PlatformSettings
 
 __all__ = ["BODY_LIMITS", "PREFIX", "UnknownTask", "router"]
 
@@ -216,8 +224,25 @@ def _ref_parts(ref: str) -> tuple[str, str]:
     return ref, ""
 
 
-def _task(session: Session, job: CiJob, server_url: str) -> dict[str, Any]:
+def _vars_and_secrets(
+    session: Session, platform: NodePlatform, box: SecretBox
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The task's ``vars`` (the platform's CI variables; DISKCI_WEBHOOK_URL defaults to its webhook's
+    URL) and ``secrets`` (DISKCI_WEBHOOK_SECRET: the webhook's current secret, when it has one)."""
+    variables = dict(platform.ci_variables or {})
+    secrets: dict[str, str] = {}
+    webhook = session.scalar(select(DiskImageWebhook).where(DiskImageWebhook.platform_id == platform.id))
+    if webhook is not None:
+        variables.setdefault("DISKCI_WEBHOOK_URL", webhook.url)
+        secrets["DISKCI_WEBHOOK_SECRET"] = box.decrypt(
+            webhook.secret_encrypted, purpose=webhook_secret_purpose(platform.id)
+        )
+    return variables, secrets
+
+
+def _task(session: Session, job: CiJob, settings: PlatformSettings) -> dict[str, Any]:
     run: CiRun = job.run
+    server_url = settings.ci_base_url
     ref_name, ref_type = _ref_parts(run.ref)
     repository = run.platform.name
     event: dict[str, Any] = {"ref": run.ref, "repository": {"name": repository, "full_name": repository}}
@@ -232,6 +257,7 @@ def _task(session: Session, job: CiJob, server_url: str) -> dict[str, Any]:
         "ref_name": ref_name,
         "ref_type": ref_type,
         "sha": run.sha,
+        "diskci_clone_url": run.platform.image_build_repository or "",
         "repository": repository,
         "repository_owner": "",
         "actor": "diskci",
@@ -242,7 +268,7 @@ def _task(session: Session, job: CiJob, server_url: str) -> dict[str, Any]:
         "workflow": WORKFLOW_PATH.rsplit("/", 1)[-1],
         "server_url": server_url,
         "gitea_default_actions_url": DEFAULT_ACTIONS_URL,
-        "token": "",
+        "token": oidc.issue_runtime_token(session, job),  # buys the job OIDC ID tokens
     }
     needs: dict[str, Any] = {}
     for other in run.jobs:
@@ -251,25 +277,28 @@ def _task(session: Session, job: CiJob, server_url: str) -> dict[str, Any]:
             need["outputs"].update(other.outputs or {})
             if other.conclusion != CiConclusion.SUCCESS.value:
                 need["result"] = _RESULT_OF.get(other.conclusion or "", "RESULT_FAILURE")
+    variables, secrets = _vars_and_secrets(
+        session, run.platform, SecretBox(key=settings.resolve_secret_key())
+    )
     return {
         "id": str(job.id),
         "workflowPayload": base64.b64encode(job.payload.encode()).decode(),
         "context": context,
-        "secrets": {},
+        "secrets": secrets,
         "needs": needs,
-        "vars": {},
+        "vars": variables,
     }
 
 
 def _fetch_task(
-    session: Session, body: dict[str, Any], runner: CiRunner | None, server_url: str
+    session: Session, body: dict[str, Any], runner: CiRunner | None, settings: PlatformSettings
 ) -> dict[str, Any]:
     assert runner is not None
     _int64(_field(body, "tasks_version"), "tasksVersion")
     job = scheduler.claim_job(session, runner)
     answer: dict[str, Any] = {"tasksVersion": str(scheduler.latest_version(session))}
     if job is not None:
-        answer["task"] = _task(session, job, server_url)
+        answer["task"] = _task(session, job, settings)
     return answer
 
 
@@ -413,10 +442,10 @@ async def declare(request: Request) -> JSONResponse:
 
 @router.post(f"/{SERVICE}/FetchTask")
 async def fetch_task(request: Request) -> JSONResponse:
-    server_url = request.app.state.settings.public_base_url
+    settings = request.app.state.settings
 
     def handler(session: Session, body: dict[str, Any], runner: CiRunner | None) -> dict[str, Any]:
-        return _fetch_task(session, body, runner, server_url)
+        return _fetch_task(session, body, runner, settings)
 
     return await _call(request, handler)
 

@@ -168,8 +168,13 @@ class DiskImagePublicationProcessor:
         authority_dir: Path,
         registry: Callable[[Reference], RegistryClient] = open_registry,
         work_dir: Path | None = None,
+        after_published: Callable[[int], None] | None = None,
     ) -> None:
+        """``after_published(publication_id)`` runs once a publication has become published (the
+        Secure Boot signing of its UKIs, ``diskci.platform.secureboot.signing.sign_after_publish``); its
+        failure is logged and never changes the publication."""
         self.database = database
+        self.after_published = after_published
         self.blobs = blobs
         self.authority_dir = Path(authority_dir)
         self.registry = registry
@@ -210,7 +215,13 @@ class DiskImagePublicationProcessor:
         except UsageError as exc:  # an unparsable reference
             return self._fail(claimed, info, "manifest_invalid", exc.message)
         listings = self._listings(verified)  # 4. the composefs listings
-        return self._publish(claimed, info, verified, listings)
+        outcome = self._publish(claimed, info, verified, listings)
+        if self.after_published is not None and outcome.status == PublicationStatus.PUBLISHED.value:
+            try:  # 6. (optional) the platform's own step on the published row: signing its UKIs
+                self.after_published(outcome.publication_id)
+            except Exception:
+                log.exception("publication %s: the after-publish step failed", outcome.publication_id)
+        return outcome
 
     # --- database steps --------------------------------------------------------------------------
     def _load(self, delivery_id: str) -> DeliveryInfo:
