@@ -7,7 +7,13 @@ its iPXE ROM with ``bootfile=http://10.0.2.2:PORT/amd64/boot.ipxe`` and times ea
 and as the phase since the previous milestone (iPXE's DHCP, the kernel and initramfs fetch, the kernel's
 boot, the init's modules and DHCP, the root image download, its sha256 check, the mount, systemd).
 
-Run: ``.venv/bin/python bench/boot.py [--build-dir DIR] [--runs N]`` (default 3 runs)
+With ``--secureboot`` it then boots the same build the Secure Boot way: OVMF's secboot firmware with
+a throwaway fleet key enrolled (``diskci platform secureboot``'s steps), the firmware loading and
+verifying the platform-signed ``uki.efi`` itself (QEMU ``-kernel``, through LoadImage), the root image
+over HTTP as before, and prints both medians side by side. (Under Secure Boot, OVMF refuses Debian's
+unsigned iPXE option ROM, so the UKI reaches the firmware by fw_cfg here rather than by iPXE's HTTP.)
+
+Run: ``.venv/bin/python bench/boot.py [--build-dir DIR] [--runs N] [--secureboot]`` (default 3 runs)
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ def build(out: Path) -> None:
         "build",
         str(REPO / "platforms" / "debian-12-amd64.yaml"),
     ]
-    argv += ["--arch", "amd64", "--out", str(out), "--cache", cache, "--stages", "ipxe"]
+    argv += ["--arch", "amd64", "--out", str(out), "--cache", cache, "--stages", "ipxe,uki"]
     argv += ["--source-date-epoch", "1764000000"]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, env={**os.environ, "CI": "true"})
     if proc.returncode != 0:
@@ -92,13 +98,68 @@ def boot_once(build_dir: Path) -> dict[str, float]:
     return times
 
 
+SECUREBOOT_MILESTONES = (
+    ("initramfs running", r"diskci: starting"),
+    ("network up", r"diskci: network up"),
+    ("root verified", r"diskci: verified sha256"),
+    ("booted", r"diskci: booted "),
+)
+
+
+def secureboot_boot_once(build_dir: Path, work: Path) -> dict[str, float]:
+    """One boot of the fleet-signed UKI under OVMF Secure Boot (see the module docstring)."""
+    from diskci.formats import pe
+    from diskci.platform.secureboot.keys import FleetKey
+    from diskci.platform.secureboot.signer import SbsignSigner
+    from diskci.platform.secureboot.signing import signed_cmdline
+    from diskci.platform.secureboot.varstore import FIRMWARE, write_varstore
+
+    key = FleetKey(work / "key" / "db.key", work / "key" / "db.crt")
+    if not key.exists():
+        key.rotate()
+    varstore = work / "vars.fd"
+    write_varstore(varstore, "amd64", key.certificate())
+    with serve_directory(build_dir) as (port, _):
+        data = (build_dir / "amd64" / "uki.efi").read_bytes()
+        cmdline = signed_cmdline(
+            pe.PeImage.parse(data).section_data(".cmdline").decode(),
+            base_url=f"http://10.0.2.2:{port}",
+            publication_id=1,
+            arch="amd64",
+            not_after=4102444800,
+        ).replace("/netboot/1/amd64/rootfs.img", "/amd64/rootfs.img")
+        uki = work / "signed.efi"
+        uki.write_bytes(SbsignSigner(key).sign(pe.replace_last_section(data, ".cmdline", cmdline.encode())))
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-machine", "q35,smm=on"]
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={FIRMWARE['amd64']}"]
+        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={varstore}", "-kernel", str(uki)]
+        argv += ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]
+        argv += ["-no-reboot", "-nographic"]
+        stamps: list[tuple[float, str]] = []
+        done = threading.Event()
+        with QemuConsole(argv) as vm:
+            watcher = threading.Thread(target=_stamp_lines, args=(vm, stamps, done), daemon=True)
+            watcher.start()
+            vm.wait_for(SECUREBOOT_MILESTONES[-1][1], timeout=300)
+            done.set()
+            watcher.join()
+    times: dict[str, float] = {}
+    for name, pattern in SECUREBOOT_MILESTONES:
+        rx = re.compile(pattern)
+        times[name] = next((t for t, line in stamps if rx.search(line)), math.nan)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--build-dir", type=Path, help="an existing build directory (default: build one)")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--secureboot", action="store_true", help="also time the Secure Boot UKI path")
     args = parser.parse_args()
+    secure: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="diskci-bench-boot-") as tmp:
         build_dir = args.build_dir or Path(tmp) / "build"
         if args.build_dir is None:
@@ -110,6 +171,9 @@ def main() -> None:
         for i in range(args.runs):
             runs.append(boot_once(build_dir))
             print(f"run {i + 1}: booted after {runs[-1]['booted']:.1f} s", flush=True)
+        for i in range(args.runs if args.secureboot else 0):
+            secure.append(secureboot_boot_once(build_dir, Path(tmp)))
+            print(f"secure boot run {i + 1}: booted after {secure[-1]['booted']:.1f} s", flush=True)
     print(f"{'milestone':24s} {'from start':>10s} {'phase':>8s}   (medians of {len(runs)} runs)")
     previous = [0.0] * len(runs)
     for name, _ in MILESTONES:
@@ -117,6 +181,13 @@ def main() -> None:
         phases = [v - p for v, p in zip(values, previous, strict=True)]
         previous = [p if math.isnan(v) else v for v, p in zip(values, previous, strict=True)]
         print(f"{name:24s} {_median(values):8.2f} s {_median(phases):6.2f} s")
+    if secure:
+        print(f"\n{'Secure Boot UKI path':24s} {'from start':>10s}   today's path   (medians)")
+        for name, _ in SECUREBOOT_MILESTONES:
+            today = _median([r[name] for r in runs])
+            print(f"{name:24s} {_median([r[name] for r in secure]):8.2f} s   {today:8.2f} s")
+        sb, legacy = _median([r["booted"] for r in secure]), _median([r["booted"] for r in runs])
+        print(f"Secure Boot / today's path: {sb / legacy:.2f}")
 
 
 def _median(values: list[float]) -> float:

@@ -18,7 +18,8 @@ checks that this drawing and the classes agree:
     │   ├── CacheError
     │   ├── MirrorError              (image.mirror) the mirror is unreachable or lacks the suite
     │   └── ResourceError            not enough disk, a missing package, no emulation
-    │       └── BootLoaderMissing    (image.artifacts.esp) no UEFI boot loader in the root filesystem
+    │       ├── BootLoaderMissing    (image.artifacts.esp) no UEFI boot loader in the root filesystem
+    │       └── StubMissing          (image.artifacts.uki) no systemd UEFI stub for the UKI
     ├── FormatError                  bad input to a format writer/reader (tar, EROFS, composefs, cpio)
     │   ├── DumpFormatError          (formats.composefs_dump) a composefs dump mkcomposefs would refuse
     │   ├── ErofsError               (formats.erofs) the tree cannot be written as EROFS
@@ -49,11 +50,13 @@ checks that this drawing and the classes agree:
         ├── RepositoryUnavailable    (platform.ci.gitsource) 503: git cannot fetch or read it now
         ├── RetryLater               (platform.services.publication_processor) 503: a transient failure
         ├── SecretDecryptionFailed   (platform.secrets) the secret key changed, or the value was altered
+        ├── SigningFailed            (platform.secureboot.signer) sbsign (or the signer plug-in) failed
         ├── NotFound                 404
         │   ├── CiJobNotFound        (platform.actions.ci_runs)
         │   ├── CiRunNotFound        (platform.actions.ci_runs)
         │   ├── CiWorkerNotFound     (platform.actions.ci_workers)
         │   ├── ListingUnavailable   (platform.actions.publication_diff) no listing to diff, and why
+        │   ├── NoSigningKey         (platform.secureboot.keys) the fleet has no Secure Boot key yet
         │   ├── PlatformNotFound     (platform.actions.platforms)
         │   ├── PublicationNotFound  (platform.actions.publications)
         │   ├── StatsNotAvailable    (platform.actions.ci_workers) no heartbeat with statistics yet

@@ -37,6 +37,9 @@ IPXE_SCRIPT = "application/vnd.diskci.ipxe.v1+text"
 DISK_RAW = "application/vnd.diskci.disk.v1.raw"
 DISK_QCOW2 = "application/vnd.diskci.disk.v1.qcow2"
 ISO = "application/vnd.diskci.iso.v1"
+UKI = "application/vnd.diskci.uki.v1+efi"  # unified kernel image (systemd stub), unsigned
+# the platform's Secure Boot signed copy of a verified UKI (with the URLs it adds), served to nodes
+UKI_SIGNED = "application/vnd.diskci.uki.v1+efi;signed=platform"
 OCI_LAYOUT_TAR = "application/vnd.diskci.oci-layout.v1.tar"
 PROVENANCE = "application/vnd.in-toto+json"
 

@@ -187,6 +187,28 @@ def test_assembly_refuses_missing_and_disagreeing_parts(
         plan_assembled(repo, ["amd64"], tmp_path / "w3")
 
 
+def test_parts_that_ran_different_tools_join_their_tools_but_not_two_versions_of_one(
+    registry: str, make_build: Callable[..., Path], tmp_path: Path
+) -> None:
+    repo = f"{registry}/ops/disk-images/tools"
+    amd64, arm64 = make_build("amd64-part"), make_build("arm64-part")
+    amd = BuildManifest.load(amd64)
+    amd.tools = {**amd.tools, "grub-mkimage": "grub-mkimage (GRUB) 2.06"}  # an amd64-only stage's tool
+    amd.save(amd64)
+    push_publication(amd64, repo, arch="amd64")
+    push_publication(arm64, repo, arch="arm64")
+    joined = plan_assembled(f"{repo}:1.0.0", ["amd64", "arm64"], tmp_path / "w1").build
+    assert joined.tools["grub-mkimage"] == "grub-mkimage (GRUB) 2.06"
+    assert set(BuildManifest.load(arm64).tools) <= set(joined.tools)
+
+    arm = BuildManifest.load(arm64)
+    arm.tools = {**arm.tools, "grub-mkimage": "grub-mkimage (GRUB) 2.12"}  # the same tool, another version
+    arm.save(arm64)
+    push_publication(arm64, repo, arch="arm64")
+    with pytest.raises(BuildError, match=r"amd64 and arm64 builds used different grub-mkimage"):
+        plan_assembled(f"{repo}:1.0.0", ["amd64", "arm64"], tmp_path / "w2")
+
+
 def test_publish_options_belong_to_one_mode(tmp_path: Path) -> None:
     def refused(*args: str) -> str:
         r = CliRunner().invoke(app, ["publish", *args, "--identity", "i", "--authority", "a"])

@@ -184,7 +184,7 @@ def test_a_stage_key_follows_exactly_what_the_stage_reads(monkeypatch: pytest.Mo
 
 def test_the_declarations_put_the_command_line_only_where_it_is_embedded() -> None:
     reads_cmdline = sorted(s.name for s in STAGES if "cmdline" in s.spec_fields)
-    assert reads_cmdline == ["ipxe", "iso", "raw"]
+    assert reads_cmdline == ["ipxe", "iso", "raw", "uki"]
     for st in STAGES:
         assert st.outputs, f"{st.name} declares no outputs: it would never be cached"
         assert all(n in pipeline.STAGE_NAMES for n in st.needs)

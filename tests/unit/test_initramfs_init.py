@@ -223,6 +223,7 @@ def test_report_escapes_json(server: tuple[str, type[_Server]]) -> None:
             "root": "x",
             "root_sha256": "",
             "mac": "",
+            "secure_boot": "unknown",
             "uptime": handler.posts[0]["uptime"],
         }
     ]
@@ -237,3 +238,33 @@ def test_disk_and_cdrom_drivers_load_only_for_a_local_root(tmp_path: Path, kind:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     local = [] if kind == "http" else ["modprobe ahci"]
     assert proc.stdout.splitlines() == ["modprobe virtio_net", "modprobe crc32c_intel", *local]
+
+
+def test_an_expired_image_is_refused_before_anything_is_fetched() -> None:
+    past = sh('NOT_AFTER=1000; check_not_after; echo passed')
+    assert past.returncode == 1
+    assert past.stdout.splitlines()[-1].startswith("diskci: error image_expired: this boot image was valid until 1000")
+    future = sh("NOT_AFTER=99999999999; check_not_after; echo passed")
+    assert future.stdout.strip() == "passed"
+    assert sh("check_not_after; echo passed").stdout.strip() == "passed"  # no window: no check
+
+
+def test_not_after_must_be_a_unix_time() -> None:
+    proc = sh(PARSE, f"diskci.root=http://h/r diskci.root_sha256={SHA} diskci.not_after=tomorrow")
+    assert proc.returncode == 1
+    assert "diskci: error bad_parameter: diskci.not_after=tomorrow is not a Unix time" in proc.stdout
+
+
+def test_an_image_of_another_size_is_refused_before_hashing(tmp_path: Path) -> None:
+    image = tmp_path / "root.img"
+    image.write_bytes(b"x" * 100)
+    proc = sh(f'IMAGE="{image}"; ROOT=r; ROOT_SIZE=99; ROOT_SHA256={SHA}; verify_root')
+    assert proc.returncode == 1
+    assert "diskci: error size_mismatch: size mismatch for r: expected 99 bytes, got 100" in proc.stdout
+    assert not image.exists()
+
+
+def test_secure_boot_state_is_off_without_uefi() -> None:
+    # the host running the tests may have /sys/firmware/efi; a BIOS boot has none
+    proc = sh('[ -d /sys/firmware/efi ] && echo uefi || secure_boot_state')
+    assert proc.stdout.strip() in ("uefi", "off")

@@ -364,4 +364,7 @@ def _action_command(spec: ActionSpec) -> Callable[..., None]:
 def register(app: typer.Typer) -> None:
     for spec in load_all().values():
         platform_app.command(spec.name, help=None)(_action_command(spec))
+    from diskci.cli.secureboot import secureboot_app
+
+    platform_app.add_typer(secureboot_app, name="secureboot")
     app.add_typer(platform_app, name="platform")

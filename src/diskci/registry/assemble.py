@@ -27,7 +27,9 @@ from diskci.registry.store import Descriptor, RegistryClient, parse_manifest
 
 __all__ = ["ArchPart", "plan_assembled", "read_part"]
 
-# build.json fields every architecture's part must agree on (the architectures differ by design)
+# build.json fields every architecture's part must agree on (the architectures differ by design).
+# ``tools`` is joined instead: each part names the tools its stages ran (an arm64 ISO uses no
+# grub-mkimage), and a tool both name must be the same version.
 _SHARED_FIELDS = (
     "platform",
     "version",
@@ -35,7 +37,6 @@ _SHARED_FIELDS = (
     "spec",
     "source_date_epoch",
     "diskci_version",
-    "tools",
 )
 
 
@@ -111,8 +112,20 @@ def _join(parts: list[ArchPart]) -> BuildManifest:
                     f"{next(shown)} ({first.tag}) vs {next(shown)} ({part.tag})",
                     hint="build every architecture from the same commit with the same diskci and tools",
                 )
+    tools: dict[str, str] = {}
+    named_by: dict[str, str] = {}
+    for part in parts:
+        for tool, version in part.build.tools.items():
+            if tool in tools and tools[tool] != version:
+                raise BuildError(
+                    f"the {named_by[tool]} and {part.arch} builds used different {tool}: "
+                    f"{tools[tool][:80]!r} vs {version[:80]!r}",
+                    hint="build every architecture from the same commit with the same diskci and tools",
+                )
+            tools.setdefault(tool, version)
+            named_by.setdefault(tool, part.arch)
     arches = {p.arch: p.build.architectures[p.arch] for p in sorted(parts, key=lambda p: p.arch)}
-    return first.build.model_copy(update={"architectures": arches})
+    return first.build.model_copy(update={"architectures": arches, "tools": dict(sorted(tools.items()))})
 
 
 def plan_assembled(

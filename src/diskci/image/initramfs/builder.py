@@ -46,6 +46,7 @@ OPTIONAL_MODULES = (
     "nls_cp437",
     "nls_ascii",
     "nls_utf8",
+    "efivarfs",  # the init reads the firmware's SecureBoot variable (reported as secure_boot)
 )
 # Loaded only for a disk or CD-ROM root (an http root needs none of them before the switch; the booted
 # system's udev loads what its hardware needs): listed in /etc/diskci/modules.local instead.
@@ -60,7 +61,7 @@ INIT_APPLETS = frozenset(
     (
         *("sh", "mount", "umount", "mkdir", "modprobe", "ip", "udhcpc", "wget", "sha256sum", "cut"),
         *("switch_root", "halt", "reboot", "sleep", "cat", "sed", "tr", "grep", "head", "tail", "dd"),
-        *("od", "wc", "rm", "cp", "sync", "setsid", "cttyhack", "timeout"),
+        *("od", "wc", "rm", "cp", "sync", "setsid", "cttyhack", "timeout", "date", "dmesg"),
     )
 )
 DEPMOD_FILES = ("modules.dep", "modules.alias", "modules.builtin", "modules.order", "modules.softdep")

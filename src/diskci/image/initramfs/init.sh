@@ -5,14 +5,17 @@
 #   diskci.root=<http(s) URL | relative URL | partlabel:NAME | cdrom:PATH>   the root image
 #   diskci.root_sha256=<64 hex digits>      required: the image is mounted only if it matches
 #   diskci.root_base=<URL>                  base for a relative diskci.root (boot.ipxe passes its own URI)
-#   diskci.root_size=<bytes>                optional, partlabel: roots only (default: from the superblock)
+#   diskci.root_size=<bytes>                optional: an http root must be exactly this long; a partlabel:
+#                                           root is read to this length (default: from the superblock)
+#   diskci.not_after=<unix time>            optional: refuse to boot after this time (a signed UKI's
+#                                           validity window, see diskci.platform.secureboot)
 #   diskci.report=<URL>                     optional: progress and errors POSTed there as JSON
 #   diskci.on_failure=halt|reboot|shell     what to do after a failure (default halt)
 #   ip=dhcp|off                             network configuration (default dhcp)
 #
 # Steps: load modules (modules.dep via modprobe; the disk and CD-ROM drivers only for a local root),
 # bring the network up (udhcpc, retries with backoff), copy the root image into RAM (downloads retried),
-# check its sha256, and only then mount it read-only under a tmpfs overlay, move /dev /proc /sys /run
+# check its size and sha256, and only then mount it read-only under a tmpfs overlay, move /dev /proc /sys /run
 # into it and switch_root into its /sbin/init.
 # Every failure prints one line starting "diskci: error <reason>:" and is reported; a bad image is never
 # mounted. Sourced with DISKCI_INIT_LIB=1 it only defines its functions (the unit tests use that).
@@ -33,6 +36,8 @@ ROOT=
 ROOT_SHA256=
 ROOT_BASE=
 ROOT_SIZE=
+NOT_AFTER=
+SECURE_BOOT=unknown
 REPORT=
 ON_FAILURE=halt
 IP_MODE=dhcp
@@ -68,7 +73,7 @@ report() {
 	[ -n "${2:-}" ] && body="$body,\"reason\":\"$(json_escape "$2")\""
 	[ -n "${3:-}" ] && body="$body,\"message\":\"$(json_escape "$3")\""
 	body="$body,\"root\":\"$(json_escape "${ROOT_URL:-$ROOT}")\",\"root_sha256\":\"$(json_escape "$ROOT_SHA256")\""
-	body="$body,\"mac\":\"$(json_escape "$mac")\",\"uptime\":$(uptime_s)}"
+	body="$body,\"mac\":\"$(json_escape "$mac")\",\"secure_boot\":\"$SECURE_BOOT\",\"uptime\":$(uptime_s)}"
 	# (busybox 1.35's wget -T crashes: the time limit comes from timeout instead)
 	timeout 15 wget -q -O /dev/null --header "Content-Type: application/json" --post-data "$body" "$REPORT" \
 		2>/dev/null || say "warning: could not report '$1' to $REPORT"
@@ -107,6 +112,7 @@ parse_cmdline() {
 		diskci.root_sha256=*) ROOT_SHA256=$(echo "${arg#*=}" | tr 'A-F' 'a-f') ;;
 		diskci.root_base=*) ROOT_BASE=${arg#*=} ;;
 		diskci.root_size=*) ROOT_SIZE=${arg#*=} ;;
+		diskci.not_after=*) NOT_AFTER=${arg#*=} ;;
 		diskci.report=*) REPORT=${arg#*=} ;;
 		diskci.on_failure=*) ON_FAILURE=${arg#*=} ;;
 		ip=*) IP_MODE=${arg#*=} ;;
@@ -152,6 +158,9 @@ check_params() {
 	case $ROOT_SIZE in
 	*[!0-9]*) fail bad_parameter "diskci.root_size=$ROOT_SIZE is not a number of bytes" ;;
 	esac
+	case $NOT_AFTER in
+	*[!0-9]*) fail bad_parameter "diskci.not_after=$NOT_AFTER is not a Unix time" ;;
+	esac
 	case $IP_MODE in
 	dhcp | on | any | both) IP_MODE=dhcp ;;
 	off | none) IP_MODE=off ;;
@@ -176,6 +185,46 @@ check_params() {
 	esac
 	if [ "$ROOT_KIND" = http ] && [ "$IP_MODE" = off ]; then
 		fail bad_parameter "diskci.root=$ROOT_URL needs the network, but ip=off"
+	fi
+}
+
+# secure_boot_state: on, off (also for a BIOS boot) or unknown, from the firmware's SecureBoot variable.
+secure_boot_state() {
+	[ -d /sys/firmware/efi ] || {
+		echo off
+		return 0
+	}
+	var=/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c
+	[ -e "$var" ] || mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
+	if [ -r "$var" ]; then
+		# 4 bytes of attributes, then the value (read whole: efivarfs files do not seek)
+		set -- $(dd if="$var" bs=64 count=1 2>/dev/null | od -An -tu1)
+		case ${5:-} in
+		1)
+			echo on
+			return 0
+			;;
+		0)
+			echo off
+			return 0
+			;;
+		esac
+	fi
+	# the kernel's own word (Debian kernels print it on every architecture)
+	case $(dmesg 2>/dev/null | grep -o 'Secure boot [a-z]*' | head -n 1) in
+	"Secure boot enabled") echo on ;;
+	"Secure boot disabled") echo off ;;
+	*) echo unknown ;;
+	esac
+}
+
+# check_not_after: refuse an image whose validity window is over (a replayed, older signed UKI).
+# The clock is the machine's own (RTC), which nobody on the network sets before this point.
+check_not_after() {
+	[ -n "$NOT_AFTER" ] || return 0
+	now=$(date +%s)
+	if [ "$now" -gt "$NOT_AFTER" ]; then
+		fail image_expired "this boot image was valid until $NOT_AFTER and the clock says $now: fetch a current one from the platform"
 	fi
 }
 
@@ -339,6 +388,11 @@ fetch_root() {
 
 # verify_root: the image in RAM must have the expected sha256, or it is deleted and never mounted.
 verify_root() {
+	if [ -n "$ROOT_SIZE" ] && [ "$(wc -c <"$IMAGE")" != "$ROOT_SIZE" ]; then
+		got=$(wc -c <"$IMAGE")
+		rm -f "$IMAGE"
+		fail size_mismatch "size mismatch for ${ROOT_URL:-$ROOT}: expected $ROOT_SIZE bytes, got $got; not mounting it"
+	fi
 	actual=$(sha256sum "$IMAGE" | cut -d ' ' -f 1)
 	if [ "$actual" != "$ROOT_SHA256" ]; then
 		rm -f "$IMAGE"
@@ -377,6 +431,8 @@ main() {
 	check_params
 	say "starting (root ${ROOT_URL:-$ROOT})"
 	load_modules
+	SECURE_BOOT=$(secure_boot_state)
+	say "secure boot: $SECURE_BOOT"
 	# the network is needed for an http(s) root, and wanted for reports; local roots try DHCP once
 	if [ "$IP_MODE" = dhcp ] && { [ "$ROOT_KIND" = http ] || [ -n "$REPORT" ]; }; then
 		[ "$ROOT_KIND" = http ] || DHCP_TRIES=1
@@ -385,6 +441,7 @@ main() {
 			say "warning: no network; continuing without it"
 		fi
 	fi
+	check_not_after
 	fetch_root
 	verify_root
 	mount_root

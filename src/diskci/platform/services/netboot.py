@@ -7,6 +7,13 @@ architecture: the kernel and initramfs are served by the platform from its blob 
 command line carries the root image URL with the sha256 the processor verified, so the initramfs
 refuses any other bytes. With no default yet the script says why and retries.
 
+Secure Boot (``diskci.platform.secureboot``): when the publication has a platform-signed UKI
+(``uki.signed.efi``), a UEFI iPXE chains it instead, so the firmware's image loader decides: under
+Secure Boot only a UKI signed by an enrolled key starts, and its embedded command line (root image
+sha256, size, URLs, validity window) is the one used. The arguments the script passes matter only
+without Secure Boot (the stub then takes them, as today's path does). A BIOS iPXE keeps today's path.
+Reports carry the firmware's Secure Boot state; a node's last report records ``verified_boot``.
+
 Lookups are cached for ``cache_seconds`` (a netboot storm asks the same question thousands of times
 a second); a new default is seen within that time.
 
@@ -59,7 +66,8 @@ KERNEL = "vmlinuz"
 INITRD = "initramfs.img"
 ROOT_IMAGE = "rootfs.img"
 BOOT_SCRIPT = "boot.ipxe"
-BOOT_FILES = frozenset({KERNEL, INITRD, ROOT_IMAGE, BOOT_SCRIPT})  # served without a login
+SIGNED_UKI = "uki.signed.efi"  # the platform's Secure Boot signed UKI (diskci.platform.secureboot)
+BOOT_FILES = frozenset({KERNEL, INITRD, ROOT_IMAGE, BOOT_SCRIPT, SIGNED_UKI})  # served without a login
 REPORT_PATH = "/api/v1/netboot/report"
 MAX_REPORT_BYTES = 64 * 1024
 REPORT_EVENT = "netboot_report"
@@ -76,9 +84,18 @@ REPORT_REASONS = frozenset(
         "mount_failed",
         "no_init",
         "network_unavailable",
+        "size_mismatch",
+        "image_expired",
     }
 )
-REPORT_TEXT_FIELDS = {"message": 1024, "root": 512, "root_sha256": 64, "platform": 128, "version": 128}
+REPORT_TEXT_FIELDS = {
+    "message": 1024,
+    "root": 512,
+    "root_sha256": 64,
+    "platform": 128,
+    "version": 128,
+    "secure_boot": 16,  # on | off | unknown, from the firmware's SecureBoot variable
+}
 REPORTS_PER_NODE_PER_MINUTE = 30  # stored per node, across replicas (counted in the database)
 REPORT_RATE_PER_MAC = (0.2, 20)  # (tokens a second, burst) per MAC, per process
 REPORT_RATE_PER_SOURCE = (2.0, 120)  # (tokens a second, burst) per source address, per process
@@ -142,6 +159,8 @@ class BootTarget:
     root_sha256: str
     cmdline: str
     node_id: int | None
+    root_size: int | None = None
+    signed_uki: bool = False  # the publication has a platform-signed UKI for this architecture
 
 
 @dataclass(frozen=True)
@@ -200,9 +219,22 @@ def boot_script(target: BootTarget, base_url: str, request: BootRequest) -> str:
         f"diskci.root={files}/{ROOT_IMAGE} diskci.root_sha256={target.root_sha256} "
         f"diskci.report={report} ip=dhcp {target.cmdline}"
     ).strip()
+    uki = ""
+    if target.signed_uki:
+        size = f" diskci.root_size={target.root_size}" if target.root_size is not None else ""
+        uki = (
+            "iseq ${platform} efi || goto legacy\n"
+            "echo diskci: chaining the signed UKI (under Secure Boot the firmware verifies it)\n"
+            f"chain --autofree {files}/{SIGNED_UKI} {cmdline}{size} || goto refused\n"
+            ":refused\n"
+            "echo diskci: error uki_refused: the firmware did not start the signed UKI\n"
+            "exit 1\n"
+            ":legacy\n"
+        )
     return (
         "#!ipxe\n"
         f"echo diskci: booting {_ipxe_text(target.platform)} {_ipxe_text(target.version)} ({target.arch})\n"
+        f"{uki}"
         f"kernel {files}/{KERNEL} initrd={INITRD} {cmdline}\n"
         f"initrd --name {INITRD} {files}/{INITRD}\n"
         "boot\n"
@@ -330,6 +362,8 @@ class NetbootService:
             root_sha256=root.sha256,
             cmdline=arch_entry.cmdline,
             node_id=node.id if node is not None else None,
+            root_size=root.size,
+            signed_uki=arch_entry.file(SIGNED_UKI) is not None,
         )
 
     @staticmethod
@@ -410,6 +444,8 @@ class NetbootService:
             return False
         record = {
             **report.fields,
+            # booted verified: the firmware enforced Secure Boot (so it ran only what the fleet key signed)
+            "verified_boot": report.fields.get("secure_boot") == "on",
             "status": report.status,
             "publication": report.publication,
             "received_at": now.isoformat(),

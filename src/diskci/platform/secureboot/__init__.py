@@ -1,0 +1,9 @@
+"""Secure Boot: the platform signs the UKIs of verified publications with the fleet's key.
+
+``keys``: the fleet key pair in files (never in the database), created and rotated here, exported for
+enrolment. ``signer``: the ``UkiSigner`` interface (``sbsign`` with the key file by default, or a
+plug-in such as an HSM's). ``signing``: what the processor calls after a publication is published:
+each architecture's verified ``uki.efi`` gets the URLs the initramfs needs and a validity window
+appended to its ``.cmdline``, is signed, enters the blob cache and is recorded as ``uki.signed.efi``.
+``varstore``: OVMF/AAVMF variable stores with the key enrolled as PK, KEK and db (virt-fw-vars).
+"""
