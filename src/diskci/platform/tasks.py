@@ -197,13 +197,12 @@ class TaskQueue:
         return self.huey.create_consumer(workers=workers, worker_type=worker_type, periodic=True)
 
     def processor(self) -> Any:
+        from diskci.platform.secureboot.signing import sign_after_publish
         from diskci.platform.services.blobcache import BlobCache
         from diskci.platform.services.publication_processor import (
             AUTHORITY_DIR,
             DiskImagePublicationProcessor,
         )
-
-        from diskci.platform.secureboot.signing import sign_after_publish
 
         database, blobs = self.database(), BlobCache(self.settings.blob_dir)
         return DiskImagePublicationProcessor(

@@ -47,7 +47,9 @@ def upgrade() -> None:
     with op.batch_alter_table("ci_jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("runtime_token_hash", sa.String(length=128), nullable=True))
         batch_op.add_column(sa.Column("replica", sa.Integer(), nullable=False, server_default="0"))
-        batch_op.create_index(batch_op.f("ix_ci_jobs_runtime_token_hash"), ["runtime_token_hash"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_ci_jobs_runtime_token_hash"), ["runtime_token_hash"], unique=False
+        )
     op.create_table(
         "oidc_signing_keys",
         sa.Column("id", sa.Integer(), nullable=False),
