@@ -108,7 +108,7 @@ def stage(ctx: BuildContext) -> None:
     with RootfsTarball(rootfs_tar_path(ctx.arch_dir)) as tar:
         stub, origin = find_stub(tar, ctx.arch)
         osrel = os_release(tar, ctx.spec.name, ctx.spec.version)
-    ctx.tool("systemd-stub", origin)
+    ctx.tool(f"systemd-stub ({ctx.arch.value})", origin)  # per architecture: host or target root
     cmdline = build_cmdline(
         root_sha256=root.sha256, root_size=root.size, cmdline=ctx.spec.cmdline_for(ctx.arch)
     )
