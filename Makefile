@@ -5,11 +5,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
+SIGSTORE_JS := $(VENV)/sigstore-js
+SIGSTORE_JS_STAMP := $(SIGSTORE_JS)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo lint bench unit integration e2e clean
 
-setup: $(APT_STAMP) $(STAMP)
+setup: $(APT_STAMP) $(STAMP) $(SIGSTORE_JS_STAMP)
 
 # Debian packages: installed only when one of them is missing (idempotent and fast when done).
 $(APT_STAMP): deploy/debian-packages.txt deploy/setup-host.sh
@@ -20,6 +22,14 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# sigstore-js (npm @sigstore/verify), the independent verifier the tests check bundles with
+$(SIGSTORE_JS_STAMP): tests/interop/sigstore-js/package.json tests/interop/sigstore-js/package-lock.json $(APT_STAMP)
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends npm >/dev/null)
+	@mkdir -p $(SIGSTORE_JS)
+	cp tests/interop/sigstore-js/package.json tests/interop/sigstore-js/package-lock.json $(SIGSTORE_JS)/
+	cd $(SIGSTORE_JS) && npm ci --quiet --no-audit --no-fund
 	@touch $@
 
 lint: setup

@@ -31,6 +31,7 @@ checks that this drawing and the classes agree:
     │   ├── AuthorityError           (supplychain.authority) cannot create, open or issue
     │   ├── IdTokenRequestFailed     (supplychain.id_token) a CI job got no ID token from its platform
     │   ├── IssuerUnavailable        (supplychain.id_token) 503: a trusted issuer's keys cannot be fetched
+    │   ├── LogInconsistent          (supplychain.log_audit) the log is not what it acknowledged
     │   ├── PolicyMismatch           (supplychain.policy) not the policy's signer; a sigstore error too
     │   └── VerificationFailed       carries a machine-readable ``reason`` code
     ├── RegistryError                OCI registry or layout problems
@@ -68,6 +69,7 @@ checks that this drawing and the classes agree:
         ├── Conflict                 409
         │   ├── CiNotConfigured      (platform.ci.triggers) the platform has no image-build repository
         │   ├── ConcurrentChange     (platform.actions.catalog) a racing change won
+        │   ├── DuplicateEntry       (supplychain.tlog) an entry the transparency log already holds
         │   ├── HostnameInUse        (platform.actions.ci_workers) a live CI worker has that hostname
         │   ├── MacAddressInUse      (platform.actions.instances)
         │   ├── PlatformExists       (platform.actions.platforms)
@@ -94,11 +96,13 @@ checks that this drawing and the classes agree:
         │   └── CsrfRefused          (platform.web.session) a dashboard form without its CSRF token
         └── InvalidRequest           400, exit 2
             ├── ConfirmationRequired (platform.actions.catalog) 428: a destructive action, unconfirmed
+            ├── EntityTooLarge       (supplychain.authority_http) 413: a request over the size limit
+            ├── MalformedEntry       (supplychain.rekor_entries) a log entry Rekor would refuse
             ├── InvalidAudience      (platform.ci.oidc) an ID token audience that is not 1-255 ASCII
             ├── InvalidCiVariables   (platform.actions.ci_settings) a bad name, a long value, too many
             ├── InvalidDigest        (platform.services.blobcache) not a sha256 digest
             ├── InvalidExpression    (platform.ci.expressions) a ${{ }} a workflow's job cannot be split by
-            ├── InvalidForm          (platform.web.routes) a dashboard form with too many fields
+            ├── InvalidForm          (platform.web.pages) a dashboard form with too many fields
             ├── InvalidMacAddress    (platform.actions.instances) also a ValueError, for pydantic
             ├── InvalidPlatform      (platform.actions.platforms)
             ├── InvalidRunnerLabels  (platform.ci.runners)

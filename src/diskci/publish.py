@@ -32,7 +32,7 @@ from diskci.errors import UsageError
 from diskci.notify import Delivery, DiskImageBuilt, SourceRef, send_notification
 from diskci.registry.publication import Publication
 from diskci.registry.push import PushResult, push_planned, push_publication, signature_bundles
-from diskci.supplychain.bundle import SigningBackend, SignResult, Source, sign_publication
+from diskci.supplychain.bundle import SigningBackend, SignResult, Source, StatementSigner, sign_publication
 from diskci.supplychain.id_token import request_id_token
 
 __all__ = [
@@ -121,11 +121,12 @@ def default_identity(authority: str, ci: CIEnvironment) -> str:
 
 def open_authority(
     authority: str, *, id_token: str = "", id_token_request: IdTokenRequest | None = None
-) -> SigningBackend:
-    """A local authority directory, or ``diskci authority serve`` at a URL with a CI job's ID token:
+) -> SigningBackend | StatementSigner:
+    """A local authority directory, or a Sigstore instance (``diskci authority serve``) at a URL,
+    signed against with sigstore-python's signer and a CI job's ID token:
     ``id_token``, else one asked for at ``id_token_request`` (audience ``sigstore``)."""
     if is_authority_url(authority):
-        from diskci.supplychain.authority_http import AuthorityClient
+        from diskci.supplychain.sigstore_signer import SigstoreSigner
 
         token = id_token
         if not token and id_token_request is not None:
@@ -141,17 +142,17 @@ def open_authority(
                     "ACTIONS_ID_TOKEN_REQUEST_TOKEN set), or pass --id-token / set DISKCI_ID_TOKEN"
                 ),
             )
-        return AuthorityClient(authority, token)
+        return SigstoreSigner(authority, token)
     from diskci.supplychain.authority import SigningAuthority
 
     return SigningAuthority.open(Path(authority))
 
 
-def _signing_identity(backend: SigningBackend, identity: str, issuer: str | None) -> str:
+def _signing_identity(backend: SigningBackend | StatementSigner, identity: str, issuer: str | None) -> str:
     """The identity the certificate will name, checked against ``identity`` before anything is signed."""
-    from diskci.supplychain.authority_http import AuthorityClient
+    from diskci.supplychain.sigstore_signer import SigstoreSigner
 
-    if isinstance(backend, AuthorityClient):
+    if isinstance(backend, SigstoreSigner):
         if identity and identity != backend.identity:
             raise UsageError(
                 f"--identity {identity} is not the CI job's identity {backend.identity}: the "

@@ -33,7 +33,9 @@ PLATFORM = {
     "cosign_identity_regexp": r"^https://ci\.example/.+$",
     "cosign_oidc_issuer": "https://ci.example",
 }
-TOOL_NAME = re.compile(r"\b(?:system_[a-z_]+|provision_[a-z_]+|request_confirmation)\b")
+TOOL_NAME = re.compile(
+    r"\b(?:system_[a-z_]+|provision_[a-z_]+|bootstrap_[a-z_]+|get_gitea_[a-z_]+|request_confirmation)\b"
+)
 
 
 def _run(
@@ -110,7 +112,9 @@ def test_prompts_listed_and_rendered(
     text = publish.messages[0].content.text
     assert "v0.3.0 on p1" in text and "system_set_default_disk_image_publication" in text
     text = worker.messages[0].content.text
-    assert "not available on this platform yet" in text and REQUEST_CONFIRMATION in text
+    assert "system_list_ci_workers" in text and "system_get_instance_stats" in text
+    assert "system_terminate_ci_worker" in text and REQUEST_CONFIRMATION in text
+    assert "not available" not in text
 
 
 def test_a_required_prompt_argument_is_asked_for(
@@ -148,6 +152,8 @@ def test_resources_listed_and_read_as_the_caller(
         "diskci://platforms",
         "diskci://publications",
         "diskci://events/recent",
+        "diskci://ci/runs",
+        "diskci://ci/workers",
         TROUBLESHOOTING_URI,
     }
     assert all(r.mime_type == "application/json" for r in listed.resources)
@@ -160,6 +166,17 @@ def test_resources_listed_and_read_as_the_caller(
     failed = next(r for r in rows if "failed verification" in r["symptom"])
     assert "signature_missing" in failed["reasons"]
     assert any("system_get_disk_image_publication" in c for c in failed["checks"])
+    reasons = {code for row in rows for code in row["reasons"]}
+    assert {"worker_lost", "not_reproducible", "identity_mismatch", "disk_image_rebuild_identical"} <= reasons
+    checks = " ".join(c for row in rows for c in row["checks"])
+    assert {"system_list_ci_workers", "system_get_instance_stats", "get_gitea_job_logs"} <= set(
+        TOOL_NAME.findall(checks)
+    )
+
+
+def test_no_prompt_says_a_tool_is_missing() -> None:
+    for intent in guidance.INTENTS:
+        assert "not available" not in guidance.render(intent, {}), intent.name
 
 
 def test_a_revoked_caller_cannot_read_resources(

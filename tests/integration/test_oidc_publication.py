@@ -1,6 +1,7 @@
-"""A publication signed through the token path (a CI job's ID token from the platform, the authority's
-certificate naming the token's workflow) is verified by the platform against the NodePlatform's
-cosign_identity_regexp and issuer: a regexp that matches publishes it, one that does not fails it with
+"""A publication signed through the token path is verified by the platform against the NodePlatform's
+cosign_identity_regexp and issuer: the platform issues a job token, sigstore-python's own signer gets a
+certificate from the authority's Fulcio API and log entries from its Rekor API, each bundle verifies in
+sigstore-js too, and a regexp that matches publishes it while one that does not fails it with
 ``identity_mismatch`` and serves nothing."""
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 from platform_publication_helpers import (
     Published,
     deliver,
@@ -18,6 +18,7 @@ from platform_publication_helpers import (
     make_processor,
     repository_for,
 )
+from served_authority import served_authority
 
 from diskci.manifest import BuildManifest
 from diskci.platform.db.models import DiskImagePublication
@@ -25,10 +26,11 @@ from diskci.platform.db.session import Database
 from diskci.platform.services.blobcache import BlobCache
 from diskci.registry.push import push_publication
 from diskci.supplychain.authority import SigningAuthority
-from diskci.supplychain.authority_http import AuthorityClient, create_app
 from diskci.supplychain.bundle import sign_publication
 from diskci.supplychain.id_token import IdTokenVerifier
+from diskci.supplychain.sigstore_signer import SigstoreSigner, trust_config_for
 from oidc_helpers import platform_row, start_job, workflow_identity
+from sigstore_js import verify_with_sigstore_js
 
 PLATFORM = "debian-12-amd64"
 BASE = "http://127.0.0.1:8480"  # the test settings' public_base_url: the ID tokens' issuer
@@ -67,14 +69,18 @@ def test_a_token_signed_publication_is_checked_against_the_platforms_regexp(
     )
     assert r.status_code == 200, r.text
     verifier = IdTokenVerifier([BASE], client=platform_client)  # the platform's discovery and JWKS
-    served = TestClient(create_app(authority.directory, verifier=verifier), base_url="http://authority")
-    backend = AuthorityClient("http://authority", r.json()["value"], client=served)
-    assert backend.identity == IDENTITY
-
     build_dir = tmp_path / "build"
     make_netboot_build(build_dir, platform=PLATFORM, version="1.0.0")
-    signed = sign_publication(build_dir, authority=backend, identity=backend.identity)
+    with served_authority(authority.directory, verifier) as url:
+        backend = SigstoreSigner(trust_config_for(url), r.json()["value"])
+        assert backend.identity == IDENTITY
+        signed = sign_publication(build_dir, authority=backend, identity=backend.identity)
     assert signed.identity == IDENTITY
+    root = tmp_path / "trusted_root.json"
+    root.write_bytes(authority.trusted_root_json())
+    for bundle in signed.bundles:
+        verdict = verify_with_sigstore_js(bundle, root, identity=IDENTITY, issuer=BASE)
+        assert verdict["ok"], verdict
     build = BuildManifest.load(build_dir)
     ref = f"{repository_for(registry, request.node.name)}:{build.version}"
     pub = Published(build_dir, build, push_publication(build_dir, ref), ref)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from diskci.registry import BlobSource, open_registry
 from diskci.registry.publication import PUBLICATION_BUNDLE, SIGNATURES_DIR, plan_publication
 from diskci.registry.pull import pull_publication
 from diskci.registry.push import bundle_referrer, push_publication
+from diskci.supplychain import rekor_entries
 from diskci.supplychain.authority import SigningAuthority
 from diskci.supplychain.bundle import IdentityPolicy, sign_publication
 from diskci.supplychain.tlog import LogEntry
@@ -260,9 +262,22 @@ class _LateSigner:
 
 
 def test_certificate_used_outside_validity(
-    registry: str, make_build: Callable[..., Path], authority: SigningAuthority
+    registry: str,
+    make_build: Callable[..., Path],
+    authority: SigningAuthority,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     build = make_build()
+    # The authority's log refuses a certificate that is not valid now; a log that did not check
+    # (its clock stopped inside the validity) is what the verifier must still catch.
+    stopped = _LateSigner(authority).issued_at + dt.timedelta(minutes=5)
+
+    class _StoppedClock(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> _StoppedClock:
+            return cls.fromtimestamp(stopped.timestamp(), tz)
+
+    monkeypatch.setattr(rekor_entries, "dt", types.SimpleNamespace(UTC=dt.UTC, datetime=_StoppedClock))
     sign_publication(build, authority=_LateSigner(authority), identity=IDENTITY, issuer=ISSUER)
     ref = f"{registry}/ops/expired:1.0.0"
     push_publication(build, ref)

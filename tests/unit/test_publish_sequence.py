@@ -16,8 +16,8 @@ from diskci.publish import (
     sign_build,
 )
 from diskci.supplychain.authority import SigningAuthority
-from diskci.supplychain.authority_http import AuthorityClient
 from diskci.supplychain.bundle import Source
+from diskci.supplychain.sigstore_signer import SigstoreSigner
 from oidc_helpers import FakeIssuer, workflow_identity
 
 
@@ -62,7 +62,7 @@ def test_authority_url_needs_an_id_token(tmp_path: Path) -> None:
         open_authority("http://127.0.0.1:1")
     token = FakeIssuer().token()
     client = open_authority("http://127.0.0.1:1", id_token=token)
-    assert isinstance(client, AuthorityClient)
+    assert isinstance(client, SigstoreSigner)
     assert client.identity == workflow_identity("https://ci.example", "debian-12")
     client.close()
 

@@ -21,11 +21,12 @@ from diskci.supplychain.tlog import (
     tree_hash,
 )
 
-ORIGIN = "test-log - 1"
+ORIGIN = "log.example - 1"
+NAME = "log.example"  # the log's host: the checkpoint's signer name
 
 
 def _log(path: Path, key: ec.EllipticCurvePrivateKey | None = None) -> TransparencyLog:
-    return TransparencyLog(path, key or ec.generate_private_key(ec.SECP256R1()), origin=ORIGIN)
+    return TransparencyLog(path, key or ec.generate_private_key(ec.SECP256R1()), origin=ORIGIN, name=NAME)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17])
@@ -110,5 +111,5 @@ def test_checkpoint_and_set_are_signed(tmp_path: Path) -> None:
     entry: LogEntry = log.append(b"x", kind="dsse", version="0.0.1", integrated_time=42)
     note, _, sig_line = entry.checkpoint.partition("\n\n")
     assert note.splitlines() == [ORIGIN, "1", base64.b64encode(entry.root_hash).decode()]
-    assert sig_line.startswith("\u2014 test-log ")
+    assert sig_line.startswith(f"\u2014 {NAME} ")
     assert LogEntry.from_bundle_json(entry.to_bundle_json()) == entry

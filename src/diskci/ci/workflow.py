@@ -8,13 +8,19 @@ Shape: it runs on a pushed ``v*`` tag and on ``workflow_dispatch`` (input ``arch
 default every architecture of the spec). Job ``build`` is a matrix over those architectures; each
 runs on a worker labelled with its architecture (``runs-on: ${{ matrix.arch }}``: a worker's labels
 are its build targets), builds with ``diskci build`` and pushes that architecture's part with ``diskci
-push --arch``. Job ``publish`` (``needs: build``) joins the parts in the registry into the OCI index,
-signs it, pushes it and posts the webhook: ``diskci publish --from-registry``. It signs as the job:
-with an authority URL it asks the platform for the job's OIDC ID token (``permissions: id-token:
-write``; the runner sets ``ACTIONS_ID_TOKEN_REQUEST_URL``/``_TOKEN``) and the certificate names the
-token's workflow, so no signing credential is stored anywhere. Jobs hand data on through the registry
-only, never an artifact server. Every value from outside (matrix entries, inputs, variables, secrets)
-reaches a shell through ``env``, never spliced into a script.
+push --arch``. Its Build step (id ``build``) writes ``digests``, the build's ``{artifact path: sha256}``
+as compact JSON, to ``$GITHUB_OUTPUT`` (``diskci build --github-output``), which is the job's output
+``digests``. The second copy of a build in the platform's reproducibility check runs with
+``DISKCI_REPLICA=1`` in its job's env (``REPLICA_ENV``): it builds without the cache (a cache hit would
+prove nothing) and does not push, so only the first copy's part reaches the registry; the platform
+compares the two copies' ``digests``. Job ``publish`` (``needs: build``) joins the parts in the
+registry into the OCI index, signs it, pushes it and posts the webhook: ``diskci publish
+--from-registry``. It signs as the job: with an authority URL it asks the platform for the job's OIDC
+ID token (``permissions: id-token: write``; the runner sets ``ACTIONS_ID_TOKEN_REQUEST_URL``/
+``_TOKEN``) and the certificate names the token's workflow, so no signing credential is stored
+anywhere. Jobs hand data on through the registry only, never an artifact server. Every value from
+outside (matrix entries, inputs, variables, secrets) reaches a shell through ``env``, never spliced
+into a script.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import yaml
 
 from diskci.spec import PlatformSpec
 
-__all__ = ["SECRETS", "VARIABLES", "WORKFLOW_PATH", "render", "workflow"]
+__all__ = ["DIGESTS_OUTPUT", "REPLICA_ENV", "SECRETS", "VARIABLES", "WORKFLOW_PATH", "render", "workflow"]
 
 WORKFLOW_PATH = ".gitea/workflows/build.yaml"
 CHECKOUT = "actions/checkout@v5"  # act checks out locally; the only remote action used
+DIGESTS_OUTPUT = "digests"  # the build job's output: {artifact path: sha256}, compact JSON
+REPLICA_ENV = "DISKCI_REPLICA"  # "1" in the env of a reproducibility check's second build
 
 # What the workflow reads from the repository's (or organisation's) settings.
 VARIABLES = {
@@ -58,15 +66,18 @@ def workflow(spec: PlatformSpec, spec_path: str) -> dict[str, Any]:
         "name": "build " + _expr("matrix.arch"),
         "runs-on": _expr("matrix.arch"),
         "strategy": {"matrix": {"arch": _expr(f"fromJSON({arches})")}},
+        "outputs": {DIGESTS_OUTPUT: _expr(f"steps.build.outputs.{DIGESTS_OUTPUT}")},
         "steps": [
             {"name": "Check out", "uses": CHECKOUT},
             {
                 "name": "Build",
-                "env": {"ARCH": _expr("matrix.arch")},
-                "run": 'diskci build "$DISKCI_SPEC" --arch "$ARCH" --out "build/$ARCH"',
+                "id": "build",
+                "env": {"ARCH": _expr("matrix.arch"), "DISKCI_NO_CACHE": _expr(f"env.{REPLICA_ENV} == '1'")},
+                "run": 'diskci build "$DISKCI_SPEC" --arch "$ARCH" --out "build/$ARCH" --github-output',
             },
             {
                 "name": "Push this architecture's part",
+                "if": _expr(f"env.{REPLICA_ENV} != '1'"),
                 "env": {"ARCH": _expr("matrix.arch")},
                 "run": 'diskci push "build/$ARCH" --arch "$ARCH" --to "$DISKCI_REPOSITORY"',
             },

@@ -107,6 +107,13 @@ def _describe_job(change: Change) -> str:
     return text
 
 
+def _failure(run: Change) -> str:
+    """The run's own failure (a reproducibility check that failed), as more lines; else nothing."""
+    if not run.get("failure_reason"):
+        return ""
+    return f": {run['failure_reason']}\n{run.get('failure_detail') or ''}".rstrip()
+
+
 class PlainLines:
     """Plain lines (not a terminal): job and step changes, and each log row prefixed by its job."""
 
@@ -126,7 +133,7 @@ class PlainLines:
             line = f"[{change['job']}] {change['line']}"
         else:
             run = change["run"]
-            line = f"run {run['run_id']}: {run['status']} ({run['conclusion']})"
+            line = f"run {run['run_id']}: {run['status']} ({run['conclusion']})" + _failure(run)
         self.console.print(Text(line), soft_wrap=True)
 
 
@@ -169,5 +176,7 @@ class LiveTable:
         else:
             run = change["run"]
             style = "green" if run["conclusion"] == "success" else "red"
-            self.live.console.print(Text(f"run {run['run_id']}: {run['conclusion']}", style=style))
+            self.live.console.print(
+                Text(f"run {run['run_id']}: {run['conclusion']}" + _failure(run), style=style)
+            )
         self.live.update(self._table())

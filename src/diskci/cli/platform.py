@@ -19,7 +19,14 @@ from pydantic_core import to_jsonable_python
 
 from diskci.cli.output import print_json, stdout
 from diskci.errors import UsageError
-from diskci.platform.actions.catalog import ActionSpec, ConfirmationRequired, get_action, invoke, load_all
+from diskci.platform.actions.catalog import (
+    ActionSpec,
+    ConfirmationRequired,
+    get_action,
+    invoke,
+    load_all,
+    preview_action,
+)
 from diskci.platform.db.models import Role
 
 if TYPE_CHECKING:
@@ -72,10 +79,17 @@ def serve(
     consumer: bool = typer.Option(
         None, "--consumer/--no-consumer", help="Run queue consumer threads in-process (default: on SQLite)."
     ),
+    mcp_read_only: bool = typer.Option(
+        None,
+        "--mcp-read-only",
+        help="MCP clients at /mcp see only the read-only tools (default: $DISKCI_MCP_READ_ONLY, off).",
+    ),
 ) -> None:
     """Serve the API, the webhook receiver and netboot with uvicorn; on a SQLite queue also consume it.
 
-    Example: [bold]diskci platform serve --port 8480[/]
+    MCP clients (the System Concierge) connect to /mcp with a bearer token.
+
+    Example: [bold]diskci platform serve --port 8480 --mcp-read-only[/]
     """
     import uvicorn
 
@@ -84,7 +98,12 @@ def serve(
     from diskci.platform.tasks import TaskQueue
 
     settings = _settings(
-        state_dir, database_url, bind_host=host, bind_port=port or None, public_base_url=public_base_url
+        state_dir,
+        database_url,
+        bind_host=host,
+        bind_port=port or None,
+        public_base_url=public_base_url,
+        mcp_read_only=mcp_read_only or None,
     )
     settings.resolve_secret_key()  # fail before anything is opened when the key is missing
     database = configure(settings.database_url)
@@ -270,7 +289,12 @@ def _run_action(
             ports=ports,
         )
     except ConfirmationRequired as exc:
-        raise UsageError(f"{exc.action} is destructive: add --yes to confirm") from exc
+        would_affect = preview_action(
+            name, data, database=database, settings=settings, actor=actor, role=Role.ADMIN, ports=ports
+        )
+        affected = f"; it would affect: {json.dumps(would_affect, sort_keys=True)}" if would_affect else ""
+        message = f"{exc.action} is destructive: add --yes to confirm (nothing was done){affected}"
+        raise UsageError(message) from exc
     if json_out:
         print_json(result)
     else:

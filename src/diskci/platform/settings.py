@@ -83,6 +83,7 @@ class PlatformSettings(BaseSettings):
     retention_minute: int = 0
     event_retention_days: int = Field(default=EVENT_RETENTION_DAYS, ge=1, le=36_500)
     netboot_report_events_max: int = Field(default=NETBOOT_REPORT_EVENTS_MAX, ge=100, le=1_000_000_000)
+    mcp_read_only: bool = False  # /mcp offers only the read-only tools (``serve --mcp-read-only``)
     # Secure Boot (diskci.platform.secureboot): the fleet key that signs verified UKIs lives in files,
     # never in the database; default <state_dir>/secureboot/db.key and db.crt. ``secureboot_signer``
     # names another signer ("package.module:factory", called with these settings), e.g. an HSM's.

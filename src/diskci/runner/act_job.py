@@ -14,7 +14,9 @@ the one-job workflow, act's output streamed through the reporter, a cancel obeye
    with ``ACT_DISABLE_VERSION_CHECK=1``, ``XDG_CACHE_HOME`` in the work dir, the directory of
    ``sys.executable`` first on ``PATH`` (the job calls ``diskci``), and the job's ID-token request
    variables as GitHub Actions sets them.
-4. A cancel (the platform's answer, a revoked runner, or ``cancel`` set by the agent) sends SIGINT to
+4. Once act exited, the job's ``outputs:`` are evaluated from the outputs its steps set
+   (``job_outputs``) and sent with its final state; an output left out is noted in the log.
+5. A cancel (the platform's answer, a revoked runner, or ``cancel`` set by the agent) sends SIGINT to
    act's process group, then SIGKILL after ``KILL_AFTER`` seconds; once act exits the group is killed
    anyway, so no process of the job survives it. The job ends cancelled.
 """
@@ -44,6 +46,7 @@ from diskci.errors import ResourceError
 from diskci.image.cache import default_cache_dir
 from diskci.runner.act_output import CANCELLED, JobLog
 from diskci.runner.client import RunnerClient
+from diskci.runner.job_outputs import job_outputs
 from diskci.runner.reporter import TaskReporter
 
 __all__ = ["KILL_AFTER", "TaskOutcome", "act_argv", "find_act", "run_task", "stub_jobs"]
@@ -317,10 +320,25 @@ def run_task(client: RunnerClient, task: dict[str, Any], *, work_dir: Path, plat
         result = reporter.finish(None)
     finally:
         shutil.rmtree(task_dir, ignore_errors=True)
-    reporter.close(result)
+    reporter.close(result, _outputs(reporter, spec))
     if reporter.platform_result is not None and result == CANCELLED:
         result = reporter.platform_result
     return TaskOutcome(spec.id, spec.name, result, reporter.refused)
+
+
+def _outputs(reporter: TaskReporter, spec: _Task) -> dict[str, str]:
+    """The job's ``outputs:`` from what its steps set (problems noted in its log)."""
+    step_outputs, step_results = reporter.steps_so_far()
+    results = dict(zip(spec.step_keys(), step_results, strict=False))
+    event = spec.context.get("event")
+    inputs = event.get("inputs") if isinstance(event, dict) else None
+    outputs, problems = job_outputs(
+        spec.job, step_outputs, results, needs=spec.needs, variables=spec.variables,
+        inputs=inputs if isinstance(inputs, dict) else None, masks=[spec.token, *spec.secrets.values()],
+    )  # fmt: skip
+    for problem in problems:
+        reporter.note(problem)
+    return outputs
 
 
 def _execute(reporter: TaskReporter, spec: _Task, task_dir: Path, work_dir: Path, platform_url: str,

@@ -4,10 +4,13 @@ the job's result. Pure: lines in, state out (``JobLog``); the reporter sends it,
 act prints one JSON object per line: ``msg`` (the text; a step's own output has ``raw_output`` and ends
 in a newline), ``time``, ``jobID``, and for a step ``stage`` (Pre, Main, Post), ``stepID`` (a list whose
 first item is the step's ``id``, or its index when it has none) and, on the line ending it,
-``stepResult``; the job's last line carries ``jobResult``. act's own "Set up job" and "Complete job"
-rows (``stepid``, lower case) belong to the job log but to no step. Lines of other jobs (the stubs that
-stand for the jobs this one needs) are dropped, and so is act's warning that it found no Docker (host
-mode needs none). Each ``msg`` becomes one row per line, with secrets masked.
+``stepResult``; the job's last line carries ``jobResult``. A step's output (``echo "name=value" >>
+"$GITHUB_OUTPUT"``, or the old ``::set-output``) is a line with ``"command": "set-output"``, its
+``name`` and its value in ``arg``: ``step_outputs`` keeps them by step key, for the job's ``outputs:``.
+act's own "Set up job" and "Complete job" rows (``stepid``, lower case) belong to the job log but to no
+step. Lines of other jobs (the stubs that stand for the jobs this one needs) are dropped, and so is
+act's warning that it found no Docker (host mode needs none). Each ``msg`` becomes one row per line,
+with secrets masked.
 
 Each of the payload's steps gets the rows of its Main stage as its range (``log_index``,
 ``log_length``: row indexes), its start, its stop and its result. ``finish`` settles what act left
@@ -98,6 +101,7 @@ class JobLog:
         self.rows: list[Row] = []
         self.steps = [Step() for _ in step_keys]
         self.result: str | None = None  # act's jobResult, once it said it
+        self.step_outputs: dict[str, dict[str, str]] = {}  # step key (its id, else index) → outputs
         self.changes = 0
         self._index_of = {key: i for i, key in enumerate(step_keys)}
         self._seen: dict[str, int] = {}
@@ -173,6 +177,7 @@ class JobLog:
         if job != self.job_id:
             return  # a stub standing for a job this one needs
         when = self._time(entry.get("time"))
+        self._output(entry)
         index = self._step(entry.get("stepID")) if entry.get("stage") == "Main" else None
         step = self.steps[index] if index is not None else None
         if step is not None and step.started_at is None:
@@ -190,6 +195,14 @@ class JobLog:
         job_result = entry.get("jobResult")
         if isinstance(job_result, str):
             self.result = RESULTS.get(job_result, FAILURE)
+
+    def _output(self, entry: dict[str, Any]) -> None:
+        step_id, name = entry.get("stepID"), entry.get("name")
+        if entry.get("command") != "set-output" or not isinstance(name, str) or not name:
+            return
+        if not isinstance(step_id, list) or not step_id:
+            return
+        self.step_outputs.setdefault(str(step_id[0]), {})[name] = str(entry.get("arg", ""))
 
     # --- the end ---------------------------------------------------------------------------------------
 

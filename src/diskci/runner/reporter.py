@@ -6,8 +6,8 @@ come (rows are acknowledged by index: a row is never lost or sent twice), and ``
 steps whenever a step starts or ends and at least every ``state_interval`` seconds: that call is the
 heartbeat that keeps the job's lease, and its answer is how a cancel arrives. ``stop_requested`` is
 set when the platform answers that the job is over (``RESULT_CANCELLED``, or any result it has
-settled without us) or refuses the runner's credentials (``refused``). ``close(result)`` sends the
-last rows with ``noMore`` and then the final state with the job's result.
+settled without us) or refuses the runner's credentials (``refused``). ``close(result, outputs)`` sends
+the last rows with ``noMore`` and then the final state with the job's result and outputs.
 """
 
 from __future__ import annotations
@@ -79,6 +79,12 @@ class TaskReporter:
         with self._lock:
             return self.log.finish(returncode, cancelled=cancelled)
 
+    def steps_so_far(self) -> tuple[dict[str, dict[str, str]], list[str | None]]:
+        """The outputs each step set (by step key) and each step's result (``RESULT_*``), as of now."""
+        with self._lock:
+            outputs = {key: dict(values) for key, values in self.log.step_outputs.items()}
+            return outputs, [step.result for step in self.log.steps]
+
     # --- sending ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -132,8 +138,8 @@ class TaskReporter:
             state["stoppedAt"] = rfc3339(datetime.now(UTC))
         return state
 
-    def _send_state(self, result: str | None = None) -> None:
-        answer = self.client.update_task(self._state(result))
+    def _send_state(self, result: str | None = None, outputs: dict[str, str] | None = None) -> None:
+        answer = self.client.update_task(self._state(result), outputs)
         if result is None and answer != "RESULT_UNSPECIFIED" and not self.stop_requested.is_set():
             log.info("task %s: the platform closed the job (%s): stopping it", self.task_id, answer)
             self.platform_result = answer
@@ -151,8 +157,8 @@ class TaskReporter:
             self._last_state = now
             self._send_state()
 
-    def close(self, result: str) -> None:
-        """Stop streaming, send the last rows (``noMore``), then the job's final state."""
+    def close(self, result: str, outputs: dict[str, str] | None = None) -> None:
+        """Stop streaming, send the last rows (``noMore``), then the job's final state and outputs."""
         self._done.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -164,7 +170,7 @@ class TaskReporter:
                     break
             else:
                 log.error("task %s: the last log rows were not acknowledged; they are lost", self.task_id)
-            self._send_state(result)
+            self._send_state(result, outputs)
         except RunnerRefused as exc:
             self.refused = True
             log.error("task %s: %s", self.task_id, exc.message)

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import os
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import rfc8785
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -45,11 +45,19 @@ from diskci.atomic import atomic_path
 from diskci.errors import SupplyChainError
 from diskci.mediatypes import SIGSTORE_TRUSTED_ROOT
 from diskci.supplychain.policy import OID_ISSUER_V1, OID_ISSUER_V2
+from diskci.supplychain.rekor_entries import MalformedEntry, canonical_entry
 from diskci.supplychain.tlog import LogEntry, TransparencyLog, key_id
 
 OID_SCT_LIST = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
 LEAF_LIFETIME = dt.timedelta(minutes=10)
 DEFAULT_ISSUER = "https://authority.diskci.invalid"
+# The services' names in the trusted root. Verifiers match a checkpoint's signer name against the
+# log's baseUrl host, nothing is fetched from them: they stay valid wherever the authority is served.
+DEFAULT_URLS = {
+    "tlog": "https://log.authority.diskci.invalid",
+    "ca": "https://ca.authority.diskci.invalid",
+    "ctlog": "https://ct.authority.diskci.invalid",
+}
 
 _KEY_FILES = ("root.key", "intermediate.key", "ctlog.key", "tlog.key")
 
@@ -169,8 +177,12 @@ class SigningAuthority:
         self.intermediate_cert = x509.load_pem_x509_certificate(
             (self.directory / "intermediate.pem").read_bytes()
         )
+        self.urls = {**DEFAULT_URLS, **self.config.get("urls", {})}
         self.log = TransparencyLog(
-            self.directory / "log" / "entries.jsonl", self.tlog_key, origin=self.config["origin"]
+            self.directory / "log" / "entries.jsonl",
+            self.tlog_key,
+            origin=self.config["origin"],
+            name=urlsplit(self.urls["tlog"]).hostname or self.urls["tlog"],
         )
 
     # --- creation ------------------------------------------------------------------------------
@@ -228,9 +240,11 @@ class SigningAuthority:
             (tmp / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
             (tmp / "intermediate.pem").write_bytes(inter.public_bytes(serialization.Encoding.PEM))
             log_id = key_id(keys["tlog.key"].public_key())
+            # like Rekor's "rekor.sigstore.dev - <tree ID>"
+            log_host = urlsplit(DEFAULT_URLS["tlog"]).hostname
             config = {
                 "name": name,
-                "origin": f"{name}-log - {int.from_bytes(log_id[:8], 'big')}",
+                "origin": f"{log_host} - {int.from_bytes(log_id[:8], 'big') >> 1}",
                 "default_issuer": default_issuer,
                 "created": now.isoformat(),
             }
@@ -266,11 +280,11 @@ class SigningAuthority:
         name = self.config["name"]
         return {
             "mediaType": SIGSTORE_TRUSTED_ROOT,
-            "tlogs": [log_instance(self.tlog_key, "https://log.authority.diskci.invalid")],
+            "tlogs": [log_instance(self.tlog_key, self.urls["tlog"])],
             "certificateAuthorities": [
                 {
                     "subject": {"organization": name, "commonName": f"{name} signing intermediate"},
-                    "uri": "https://ca.authority.diskci.invalid",
+                    "uri": self.urls["ca"],
                     "certChain": {
                         "certificates": [
                             {"rawBytes": b64(c.public_bytes(serialization.Encoding.DER)).decode()}
@@ -280,7 +294,7 @@ class SigningAuthority:
                     "validFor": {"start": start},
                 }
             ],
-            "ctlogs": [log_instance(self.ctlog_key, "https://ct.authority.diskci.invalid")],
+            "ctlogs": [log_instance(self.ctlog_key, self.urls["ctlog"])],
             "timestampAuthorities": [],
         }
 
@@ -298,11 +312,13 @@ class SigningAuthority:
         identity: str,
         issuer: str | None = None,
         now: dt.datetime | None = None,
+        extensions: Mapping[ObjectIdentifier, str] | None = None,
     ) -> x509.Certificate:
         """A 10-minute leaf for ``identity`` (a URI, or an email when it contains ``@`` and no ``:``).
 
         ``key``: the signer's key (in-process signers may pass the private key; only its public half
-        is used).
+        is used). ``extensions``: more Fulcio extensions (DER UTF8String values), e.g.
+        ``fulcio_claims.ci_extensions(claims)``.
         """
         public_key = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -350,9 +366,11 @@ class SigningAuthority:
                 .add_extension(x509.SubjectAlternativeName([san]), critical=True)
                 .add_extension(x509.UnrecognizedExtension(OID_ISSUER_V1, issuer.encode()), critical=False)
                 .add_extension(x509.UnrecognizedExtension(OID_ISSUER_V2, _der_utf8(issuer)), critical=False)
-                .add_extension(
-                    x509.UnrecognizedExtension(OID_SCT_LIST, _der_octets(sct_list)), critical=False
-                )
+            )
+            for oid, value in sorted((extensions or {}).items(), key=lambda kv: kv[0].dotted_string):
+                b = b.add_extension(x509.UnrecognizedExtension(oid, _der_utf8(value)), critical=False)
+            b = b.add_extension(
+                x509.UnrecognizedExtension(OID_SCT_LIST, _der_octets(sct_list)), critical=False
             )
             return b.sign(self.intermediate_key, hashes.SHA256())
 
@@ -377,46 +395,36 @@ class SigningAuthority:
         return struct.pack(">H", len(item)) + item
 
     # --- transparency log ----------------------------------------------------------------------
+    @property
+    def tree_id(self) -> str:
+        """The log's tree ID (the number ending its origin, as Rekor's ``<host> - <tree ID>``)."""
+        return str(self.config["origin"]).rsplit(" - ", 1)[-1]
+
+    def log_proposed(self, proposed: Any, *, now: dt.datetime | None = None, unique: bool = True) -> LogEntry:
+        """Log a Rekor proposed entry (``rekor_entries``); ``DuplicateEntry`` if ``unique`` and logged."""
+        entry = canonical_entry(proposed, issued_by=self._check_issued_here)
+        integrated = int((now or _now()).timestamp())
+        return self.log.append(
+            entry.body, kind=entry.kind, version=entry.version, integrated_time=integrated, unique=unique
+        )
+
     def log_dsse(
         self, envelope: dict[str, Any], certificate: x509.Certificate, *, now: dt.datetime | None = None
     ) -> LogEntry:
         """Log a DSSE envelope (JSON form) signed by ``certificate``'s key as a ``dsse`` 0.0.1 entry."""
-        try:
-            payload = base64.b64decode(envelope["payload"], validate=True)
-            payload_type = str(envelope["payloadType"])
-            sigs = [s["sig"] for s in envelope["signatures"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise AuthorityError(f"not a DSSE envelope: {exc}") from None
-        self._check_issued_here(certificate)
-        # like Rekor: only entries whose signatures the certificate's key made are logged
-        key = certificate.public_key()
-        if not isinstance(key, ec.EllipticCurvePublicKey) or len(sigs) != 1:
-            raise AuthorityError("expected one ECDSA signature by the certificate's key")
-        pae = b"DSSEv1 %d %s %d %s" % (len(payload_type), payload_type.encode(), len(payload), payload)
-        try:
-            key.verify(base64.b64decode(sigs[0]), pae, ec.ECDSA(hashes.SHA256()))
-        except (InvalidSignature, ValueError) as exc:
-            raise AuthorityError(
-                f"the DSSE signature does not verify with the certificate's key: {exc}"
-            ) from None
         pem_b64 = base64.b64encode(certificate.public_bytes(serialization.Encoding.PEM)).decode()
-        body: dict[str, Any] = {
+        proposed = {
             "apiVersion": "0.0.1",
             "kind": "dsse",
-            "spec": {
-                "envelopeHash": {
-                    "algorithm": "sha256",
-                    "value": hashlib.sha256(rfc8785.dumps(envelope)).hexdigest(),
-                },
-                "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(payload).hexdigest()},
-                "signatures": [{"signature": s, "verifier": pem_b64} for s in sigs],
-            },
+            "spec": {"proposedContent": {"envelope": json.dumps(envelope), "verifiers": [pem_b64]}},
         }
-        integrated = int((now or _now()).timestamp())
-        return self.log.append(rfc8785.dumps(body), kind="dsse", version="0.0.1", integrated_time=integrated)
+        try:
+            return self.log_proposed(proposed, now=now, unique=False)
+        except MalformedEntry as exc:
+            raise AuthorityError(exc.message) from None
 
     def _check_issued_here(self, certificate: x509.Certificate) -> None:
         try:
             certificate.verify_directly_issued_by(self.intermediate_cert)
         except (InvalidSignature, ValueError, TypeError) as exc:
-            raise AuthorityError(f"the certificate was not issued by this authority: {exc}") from None
+            raise MalformedEntry(f"the certificate was not issued by this authority: {exc}") from None

@@ -23,7 +23,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -61,6 +61,7 @@ __all__ = [
     "SignResult",
     "SigningBackend",
     "Source",
+    "StatementSigner",
     "load_trusted_root",
     "sign_publication",
     "sign_statement",
@@ -79,6 +80,16 @@ class SigningBackend(Protocol):
     ) -> x509.Certificate: ...
 
     def log_dsse(self, envelope: dict[str, Any], certificate: x509.Certificate) -> LogEntry: ...
+
+
+@runtime_checkable
+class StatementSigner(Protocol):
+    """A signer that makes whole bundles: ``sigstore_signer.SigstoreSigner`` (sigstore-python's
+    signer against a Fulcio and a Rekor). ``identity`` is the SAN its certificates name."""
+
+    identity: str
+
+    def sign_in_toto(self, statement: dict[str, Any]) -> tuple[bytes, int]: ...
 
 
 @dataclass(frozen=True)
@@ -199,7 +210,7 @@ def provenance_statement(pub: Publication, *, identity: str, source: Source, run
 def sign_publication(
     build_dir: Path,
     *,
-    authority: SigningBackend,
+    authority: SigningBackend | StatementSigner,
     identity: str,
     issuer: str | None = None,
     source: Source | None = None,
@@ -223,10 +234,14 @@ def sign_publication(
     for old in bundle_files(build_dir):
         old.unlink()
     for name, statement in statements:
-        data, entry = sign_statement(statement, authority=authority, identity=identity, issuer=issuer)
+        if isinstance(authority, StatementSigner):
+            data, log_index = authority.sign_in_toto(statement)
+        else:
+            data, entry = sign_statement(statement, authority=authority, identity=identity, issuer=issuer)
+            log_index = entry.log_index
         write_bytes(out_dir / name, data)
         result.bundles.append(out_dir / name)
-        result.log_indexes.append(entry.log_index)
+        result.log_indexes.append(log_index)
     return result
 
 

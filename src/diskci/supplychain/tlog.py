@@ -29,7 +29,7 @@ import rfc8785
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from diskci.errors import SupplyChainError
+from diskci.errors import Conflict, SupplyChainError
 
 _LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
@@ -101,6 +101,64 @@ def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) ->
     return r
 
 
+def consistency_path(old: int, leaves: Sequence[bytes]) -> list[bytes]:
+    """RFC 6962 §2.1.2 PROOF(m, D[n]): the tree of the first ``old`` leaves is a prefix of this one."""
+    n = len(leaves)
+    if not 0 < old <= n:
+        raise SupplyChainError(f"transparency log: no consistency proof from size {old} to {n}")
+
+    def subproof(m: int, d: Sequence[bytes], whole: bool) -> list[bytes]:
+        if m == len(d):
+            return [] if whole else [tree_hash(d)]
+        k = _split(len(d))
+        if m <= k:
+            return [*subproof(m, d[:k], whole), tree_hash(d[k:])]
+        return [*subproof(m - k, d[k:], False), tree_hash(d[:k])]
+
+    return subproof(old, leaves, True)
+
+
+def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, path: Sequence[bytes]) -> None:
+    """RFC 9162 §2.1.4.2: raise ``SupplyChainError`` unless ``path`` proves ``old_root`` a prefix."""
+    if old == new:
+        if path or old_root != new_root:
+            raise SupplyChainError(f"tree heads of size {old} differ")
+        return
+    if not 0 < old < new or not path:
+        raise SupplyChainError(f"no consistency proof from size {old} to {new}")
+    proof = list(path)
+    if old & (old - 1) == 0:  # a power of two: the old root is the first node
+        proof.insert(0, old_root)
+    fn, sn = old - 1, new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            raise SupplyChainError("consistency proof is too long")
+        if fn & 1 or fn == sn:
+            fr, sr = node_hash(c, fr), node_hash(c, sr)
+            while not fn & 1 and fn != 0:
+                fn >>= 1
+                sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0 or fr != old_root or sr != new_root:
+        raise SupplyChainError(f"the tree of size {old} is not a prefix of the tree of size {new}")
+
+
+class DuplicateEntry(Conflict):
+    """The log already holds this entry (Rekor answers 409 with the existing one's UUID)."""
+
+    def __init__(self, index: int, leaf: bytes) -> None:
+        super().__init__(f"an equivalent entry already exists in the transparency log with UUID {leaf.hex()}")
+        self.index = index
+        self.leaf = leaf
+
+
 @dataclass(frozen=True)
 class LogEntry:
     """One logged entry with its proofs, in the shape of a bundle's ``TransparencyLogEntry``."""
@@ -158,10 +216,14 @@ class LogEntry:
 class TransparencyLog:
     """An append-only Merkle log in ``path`` (one JSON line per entry), signed with ``key``."""
 
-    def __init__(self, path: Path, key: ec.EllipticCurvePrivateKey, *, origin: str) -> None:
+    def __init__(self, path: Path, key: ec.EllipticCurvePrivateKey, *, origin: str, name: str) -> None:
+        """``origin``: the checkpoint's first line (Rekor: ``<host> - <tree ID>``); ``name``: the
+        signer named on its signature line, the log's host as the trusted root's ``baseUrl`` gives it
+        (verifiers other than sigstore-python find the log by key hint *and* that name)."""
         self.path = Path(path)
         self.key = key
         self.origin = origin
+        self.name = name
         self.log_id = key_id(key.public_key())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(mode=0o600, exist_ok=True)
@@ -219,8 +281,7 @@ class TransparencyLog:
         """A signed note over the tree head (origin, size, root hash)."""
         note = f"{self.origin}\n{size}\n{base64.b64encode(root).decode()}\n"
         sig = base64.b64encode(self.log_id[:4] + self._sign(note.encode())).decode()
-        name = self.origin.split(" ")[0]
-        return f"{note}\n\u2014 {name} {sig}\n"
+        return f"{note}\n\u2014 {self.name} {sig}\n"
 
     def signed_entry_timestamp(self, body: bytes, integrated_time: int, index: int) -> bytes:
         payload: dict[str, Any] = {
@@ -232,26 +293,69 @@ class TransparencyLog:
         return self._sign(rfc8785.dumps(payload))
 
     # --- the public operations -----------------------------------------------------------------
-    def append(self, body: bytes, *, kind: str, version: str, integrated_time: int) -> LogEntry:
-        """Append ``body`` (the canonicalized entry) and return it with its proofs."""
+    def append(
+        self, body: bytes, *, kind: str, version: str, integrated_time: int, unique: bool = False
+    ) -> LogEntry:
+        """Append ``body`` (the canonicalized entry) and return it with its proofs.
+
+        ``unique``: refuse a body already logged (``DuplicateEntry``), as Rekor does. Each record
+        keeps the root hash of the tree it was acknowledged with (``log verify`` audits them).
+        """
         with self._locked() as fd:
             records = self._read_records(fd)
             index = len(records)
-            rec = {"index": index, "integratedTime": integrated_time, "body": base64.b64encode(body).decode()}
+            leaves = [leaf_hash(base64.b64decode(r["body"])) for r in records]
+            leaf = leaf_hash(body)
+            if unique and leaf in leaves:
+                raise DuplicateEntry(leaves.index(leaf), leaf)
+            leaves.append(leaf)
+            root = tree_hash(leaves)
+            rec = {
+                "index": index,
+                "integratedTime": integrated_time,
+                "body": base64.b64encode(body).decode(),
+                "kind": f"{kind}/{version}",
+                "root": root.hex(),
+            }
             line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
             if os.write(fd, line) != len(line):
                 raise SupplyChainError(f"{self.path}: short write appending log entry {index}")
             os.fsync(fd)
-            leaves = [leaf_hash(base64.b64decode(r["body"])) for r in records] + [leaf_hash(body)]
         return self._entry(index, leaves, body, integrated_time, kind, version)
 
+    def find(self, leaf: bytes) -> int | None:
+        """The index of the entry whose leaf hash is ``leaf``, if logged."""
+        for rec in self.entries():
+            if leaf_hash(base64.b64decode(rec["body"])) == leaf:
+                return int(rec["index"])
+        return None
+
+    def tree_head(self) -> tuple[int, bytes, str]:
+        """(size, root hash, signed checkpoint) of the tree now."""
+        records = self.entries()
+        root = tree_hash([leaf_hash(base64.b64decode(r["body"])) for r in records])
+        return len(records), root, self.checkpoint(len(records), root)
+
+    def consistency(self, old: int, new: int | None = None) -> tuple[int, bytes, list[bytes]]:
+        """(size, root of the tree of ``new`` leaves, PROOF(old, new)); ``new`` defaults to now."""
+        leaves = [leaf_hash(base64.b64decode(r["body"])) for r in self.entries()]
+        new = len(leaves) if new is None else new
+        if not 0 < old <= new <= len(leaves):
+            raise SupplyChainError(
+                f"no consistency proof from size {old} to {new} (the log has {len(leaves)})"
+            )
+        return new, tree_hash(leaves[:new]), consistency_path(old, leaves[:new])
+
     def entry(self, index: int, *, kind: str = "dsse", version: str = "0.0.1") -> LogEntry:
-        """Entry ``index`` with an inclusion proof against the current tree."""
+        """Entry ``index`` with an inclusion proof against the current tree (``kind``/``version``:
+        for records written before they were stored)."""
         records = self.entries()
         if not 0 <= index < len(records):
             raise SupplyChainError(f"transparency log has no entry {index} (size {len(records)})")
         leaves = [leaf_hash(base64.b64decode(r["body"])) for r in records]
         rec = records[index]
+        if "kind" in rec:
+            kind, _, version = str(rec["kind"]).partition("/")
         return self._entry(index, leaves, base64.b64decode(rec["body"]), rec["integratedTime"], kind, version)
 
     def _entry(

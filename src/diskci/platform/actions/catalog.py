@@ -43,6 +43,7 @@ ACTION_MODULES = (
     "diskci.platform.actions.webhooks",
     "diskci.platform.actions.publications",
     "diskci.platform.actions.publication_diff",
+    "diskci.platform.actions.publication_documents",
     "diskci.platform.actions.retention",
     "diskci.platform.actions.events",
     "diskci.platform.actions.ci_runs",
@@ -90,6 +91,9 @@ class ActionContext:
 In = TypeVar("In", bound=BaseModel)
 Out = TypeVar("Out", bound=BaseModel)
 ActionFunc = Callable[[ActionContext, Any], BaseModel]
+# What a destructive action would do with an input: the objects it affects, as JSON data (it changes
+# nothing; it raises the action's own errors, e.g. NotFound, when the action would refuse).
+PreviewFunc = Callable[[ActionContext, Any], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class ActionSpec:
     summary: str
     description: str
     read_only: bool
+    preview: PreviewFunc | None = None
 
 
 _CATALOG: dict[str, ActionSpec] = {}
@@ -120,8 +125,12 @@ def action(
     *,
     destructive: bool = False,
     read_only: bool = False,
+    preview: Callable[[ActionContext, In], dict[str, Any]] | None = None,
 ) -> Callable[[Callable[[ActionContext, In], Out]], Callable[[ActionContext, In], Out]]:
-    """Register ``func`` as the action ``name``; its docstring is the help text (first line: summary)."""
+    """Register ``func`` as the action ``name``; its docstring is the help text (first line: summary).
+
+    ``preview`` (for a destructive action) names the objects a call would affect, which every adapter
+    shows before asking for the confirmation (``preview_action``)."""
 
     def decorate(func: Callable[[ActionContext, In], Out]) -> Callable[[ActionContext, In], Out]:
         if name in _CATALOG and _CATALOG[name].func is not func:
@@ -138,6 +147,7 @@ def action(
             summary=summary.strip(),
             description=doc,
             read_only=read_only,
+            preview=preview,
         )
         return func
 
@@ -249,6 +259,41 @@ def _scope(database: Database, spec: ActionSpec) -> Iterator[Session]:
     ctx = database.read_session() if spec.read_only else database.session()
     with ctx as session:
         yield session
+
+
+def preview_action(
+    name: str,
+    data: BaseModel | Mapping[str, Any] | None,
+    *,
+    database: Database,
+    settings: PlatformSettings,
+    actor: str,
+    role: Role,
+    ports: Ports | None = None,
+) -> dict[str, Any]:
+    """What the action ``name`` would do with ``data``, changing nothing: its preview's answer.
+
+    Authorized and validated as ``invoke()`` does, run in a read-only session; ``{}`` for an action
+    without a preview. The preview raises what the action would (``NotFound``, ``Conflict``), so an
+    adapter refuses at once what could never be confirmed."""
+    spec = get_action(name)
+    check_role(spec, role)
+    payload = parse_input(spec, data)
+    if spec.preview is None:
+        return {}
+    try:
+        with database.read_session() as session:
+            ctx = ActionContext(
+                session=session,
+                settings=settings,
+                actor=actor,
+                role=role,
+                database=database,
+                ports=ports or Ports(),
+            )
+            return spec.preview(ctx, payload)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"{name}: the database is unavailable: {exc.orig}") from exc
 
 
 def invoke(

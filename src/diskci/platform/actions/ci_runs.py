@@ -6,15 +6,17 @@ repository (a ``workflow_dispatch`` with input ``arches``); the repository is re
 action's write transaction begins, so a slow remote never holds the database. A queued job no live
 runner can take says which labels it waits for (``waiting_for_labels``).
 ``system_cancel_disk_image_ci_run`` cancels what is not finished (runners learn it at their next call).
+``system_list_disk_image_ci_runs`` lists runs newest first, a page at a time (``before_id``).
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, InvalidRequest, NotFound
@@ -90,6 +92,12 @@ class RunOut(ActionModel):
     event: str
     status: str = Field(description="queued, waiting, in_progress or completed")
     conclusion: str | None = Field(description="success, failure, cancelled or skipped, once completed")
+    failure_reason: str | None = Field(
+        default=None, description="why the run failed beyond its jobs' conclusions (not_reproducible)"
+    )
+    failure_detail: str | None = Field(
+        default=None, description="what failed, e.g. each artifact whose two builds differ, with both digests"
+    )
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
@@ -136,6 +144,8 @@ def get_gitea_workflow_run(ctx: ActionContext, data: GetRunInput) -> RunOut:
     """Show a CI run: its status and conclusion, each job with its worker and steps, the publication.
 
     A queued job that no live CI worker can take lists the labels it waits for (waiting_for_labels).
+    A run whose reproducibility check failed has failure_reason not_reproducible and a failure_detail
+    naming each artifact whose two builds differ, with both digests.
 
     Example: {"run_id": 12}
     """
@@ -171,6 +181,8 @@ def get_gitea_workflow_run(ctx: ActionContext, data: GetRunInput) -> RunOut:
         event=run.event,
         status=run.status,
         conclusion=run.conclusion,
+        failure_reason=run.failure_reason,
+        failure_detail=run.failure_detail,
         created_at=run.created_at,
         started_at=run.started_at,
         completed_at=run.completed_at,
@@ -214,6 +226,99 @@ def get_gitea_job_logs(ctx: ActionContext, data: GetLogsInput) -> LogsOut:
     page = list(rows[: data.limit])
     more = len(rows) > data.limit
     return LogsOut(logs=page, next_offset=data.offset + len(page), complete=job.log_complete and not more)
+
+
+# --- listing runs ---------------------------------------------------------------------------------------
+
+RunStatusName = Literal["queued", "waiting", "in_progress", "completed"]
+
+
+class ListRunsInput(ActionModel):
+    node_platform: str | None = Field(default=None, description="Only the runs of this node platform.")
+    status: list[RunStatusName] | None = Field(default=None, description="Only runs in these statuses.")
+    limit: int = Field(default=50, ge=1, le=500)
+    before_id: int | None = Field(
+        default=None, ge=1, description="Only runs older than this run_id (the last answer's next_before_id)."
+    )
+
+
+class RunSummaryOut(ActionModel):
+    run_id: int
+    platform: str
+    ref: str
+    sha: str
+    event: str
+    status: str
+    conclusion: str | None
+    failure_reason: str | None
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    duration_seconds: float | None = Field(
+        description="completed_at - started_at; for a run in progress, the time since it started"
+    )
+    jobs: int = Field(description="how many jobs the run has")
+    publication_id: int | None
+
+
+class ListRunsOutput(ActionModel):
+    runs: list[RunSummaryOut]
+    next_before_id: int | None = Field(description="pass as before_id for the next page; null on the last")
+
+
+def _duration(run: CiRun, now: datetime) -> float | None:
+    if run.started_at is None:
+        return None
+    return ((run.completed_at or now) - run.started_at).total_seconds()
+
+
+@action("system_list_disk_image_ci_runs", ListRunsInput, ListRunsOutput, Role.VIEWER, read_only=True)
+def system_list_disk_image_ci_runs(ctx: ActionContext, data: ListRunsInput) -> ListRunsOutput:
+    """List CI runs, newest first, optionally of one node platform and in some statuses, a page at a time.
+
+    Example: {"node_platform": "debian-12-amd64", "status": ["in_progress"], "limit": 20}
+    """
+    conditions: list[Any] = []
+    if data.node_platform is not None:
+        conditions.append(CiRun.platform_id == get_platform(ctx.session, data.node_platform).id)
+    if data.status:
+        conditions.append(CiRun.status.in_(data.status))
+    if data.before_id is not None:
+        conditions.append(CiRun.id < data.before_id)
+    rows = list(
+        ctx.session.scalars(
+            select(CiRun).where(*conditions).order_by(CiRun.id.desc()).limit(data.limit + 1)
+        ).unique()
+    )
+    page = rows[: data.limit]
+    counts: dict[int, int] = {}
+    if page:
+        counted = ctx.session.execute(
+            select(CiJob.run_id, func.count())
+            .where(CiJob.run_id.in_([r.id for r in page]))
+            .group_by(CiJob.run_id)
+        ).all()
+        counts = {int(run_id): int(n) for run_id, n in counted}
+    runs = [
+        RunSummaryOut(
+            run_id=run.id,
+            platform=run.platform.name,
+            ref=run.ref,
+            sha=run.sha,
+            event=run.event,
+            status=run.status,
+            conclusion=run.conclusion,
+            failure_reason=run.failure_reason,
+            created_at=run.created_at,
+            started_at=run.started_at,
+            completed_at=run.completed_at,
+            duration_seconds=_duration(run, ctx.now),
+            jobs=counts.get(run.id, 0),
+            publication_id=run.publication_id,
+        )
+        for run in page
+    ]
+    return ListRunsOutput(runs=runs, next_before_id=page[-1].id if len(rows) > data.limit else None)
 
 
 # --- starting and cancelling runs ----------------------------------------------------------------------
@@ -348,7 +453,38 @@ class CancelRunOutput(ActionModel):
     cancelled_jobs: list[str] = Field(description="the jobs that were not finished and are now cancelled")
 
 
-@action("system_cancel_disk_image_ci_run", GetRunInput, CancelRunOutput, Role.OPERATOR, destructive=True)
+def preview_cancel_disk_image_ci_run(ctx: ActionContext, data: GetRunInput) -> dict[str, object]:
+    """What cancelling the run would affect: the run and its unfinished jobs (with their workers); a
+    completed run has none (the confirmed call is refused: RunAlreadyCompleted)."""
+    run = _run(ctx, data.run_id)
+    return {
+        "run": {
+            "run_id": run.id,
+            "platform": run.platform.name,
+            "ref": run.ref,
+            "status": run.status,
+            "conclusion": run.conclusion,
+        },
+        "jobs_cancelled": [
+            {
+                "job_name": job.name,
+                "status": job.status,
+                "runner": job.runner.name if job.runner is not None else None,
+            }
+            for job in run.jobs
+            if job.status != CiStatus.COMPLETED.value
+        ],
+    }
+
+
+@action(
+    "system_cancel_disk_image_ci_run",
+    GetRunInput,
+    CancelRunOutput,
+    Role.OPERATOR,
+    destructive=True,
+    preview=preview_cancel_disk_image_ci_run,
+)
 def system_cancel_disk_image_ci_run(ctx: ActionContext, data: GetRunInput) -> CancelRunOutput:
     """Cancel a CI run: every job not finished ends cancelled; a worker running one stops it.
 

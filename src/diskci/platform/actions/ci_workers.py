@@ -391,12 +391,47 @@ class TerminateCiWorkerOutput(ActionModel):
     cancelled_jobs: list[CurrentJob] = Field(description="The jobs in progress this call cancelled.")
 
 
+def preview_terminate_ci_worker(ctx: ActionContext, data: TerminateCiWorkerInput) -> dict[str, Any]:
+    """What terminating the worker would affect: the worker, its runners' credentials, the jobs it has
+    in progress (cancelled) and the machine the provider would destroy (nothing for a terminated one)."""
+    node = _worker(ctx.session, data.id)
+    terminated = node.status == InstanceStatus.TERMINATED.value
+    runners_now = runners_of(ctx.session, node.id)
+    jobs = []
+    if runners_now and not terminated:
+        jobs = list(
+            ctx.session.scalars(
+                select(CiJob)
+                .where(
+                    CiJob.runner_id.in_([r.id for r in runners_now]),
+                    CiJob.status == CiStatus.IN_PROGRESS.value,
+                )
+                .order_by(CiJob.id)
+            )
+        )
+    return {
+        "worker": {"id": node.id, "hostname": node.hostname, "status": node.status},
+        "runners_revoked": [] if terminated else [r.name for r in runners_now if r.revoked_at is None],
+        "jobs_cancelled": [CurrentJob(run_id=j.run_id, job_name=j.name).model_dump() for j in jobs],
+        "machine_destroyed": None
+        if terminated
+        else {
+            "provider": node.provider,
+            "provider_id": node.provider_id,
+            "provider_region": node.provider_region,
+            "instance_type": node.instance_type,
+        },
+        "already_terminated": terminated,
+    }
+
+
 @action(
     "system_terminate_ci_worker",
     TerminateCiWorkerInput,
     TerminateCiWorkerOutput,
     Role.OPERATOR,
     destructive=True,
+    preview=preview_terminate_ci_worker,
 )
 def system_terminate_ci_worker(ctx: ActionContext, data: TerminateCiWorkerInput) -> TerminateCiWorkerOutput:
     """Terminate a CI worker: its runner's token stops working now, its jobs in progress are cancelled

@@ -67,6 +67,7 @@ class EventOut(ActionModel):
 class ListEventsInput(ActionModel):
     type: list[str] | None = Field(default=None, description="Only these event types.")
     platform: str | None = Field(default=None, description="Only events of this node platform.")
+    reason: list[str] | None = Field(default=None, description="Only events with these reasons.")
     since: UtcDatetime | None = Field(default=None, description="Only events at or after this time.")
     until: UtcDatetime | None = Field(default=None, description="Only events before this time.")
     limit: int = Field(default=100, ge=1, le=1000)
@@ -78,13 +79,15 @@ class ListEventsOutput(ActionModel):
 
 @action("system_list_recent_events", ListEventsInput, ListEventsOutput, Role.VIEWER, read_only=True)
 def system_list_recent_events(ctx: ActionContext, data: ListEventsInput) -> ListEventsOutput:
-    """List recent events, newest first, filtered by type, platform and time.
+    """List recent events, newest first, filtered by type, reason, platform and time.
 
     Example: {"type": ["disk_image_publication_failed"], "platform": "debian-12-amd64", "limit": 20}
     """
     query = select(Event).order_by(Event.created_at.desc(), Event.id.desc()).limit(data.limit)
     if data.type:
         query = query.where(Event.type.in_(data.type))
+    if data.reason:
+        query = query.where(Event.reason.in_(data.reason))
     if data.platform:
         query = query.join(NodePlatform, Event.platform_id == NodePlatform.id).where(
             NodePlatform.name == data.platform

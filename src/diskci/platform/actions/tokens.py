@@ -48,8 +48,11 @@ def authenticate(session: Session, token: str) -> ApiToken:
     return row
 
 
+TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$"
+
+
 class CreateTokenInput(ActionModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+    name: str = Field(pattern=TOKEN_NAME)
     role: Role
 
 
@@ -115,10 +118,29 @@ def system_list_api_tokens(ctx: ActionContext, data: Empty) -> ListTokensOutput:
 
 
 class RevokeTokenInput(ActionModel):
-    name: str
+    name: str = Field(pattern=TOKEN_NAME, description="as it was created (no token has another name)")
 
 
-@action("system_revoke_api_token", RevokeTokenInput, TokenOut, Role.ADMIN, destructive=True)
+def preview_revoke_api_token(ctx: ActionContext, data: RevokeTokenInput) -> dict[str, object]:
+    """What revoking the token would affect: the token (its role, when it was last used)."""
+    row = ctx.session.scalar(select(ApiToken).where(ApiToken.name == data.name))
+    if row is None:
+        raise TokenNotFound(f"no API token named {data.name!r}")
+    last_used = row.last_used_at.isoformat() if row.last_used_at is not None else None
+    return {
+        "token": {"name": row.name, "role": row.role, "last_used_at": last_used},
+        "already_revoked": row.revoked_at is not None,
+    }
+
+
+@action(
+    "system_revoke_api_token",
+    RevokeTokenInput,
+    TokenOut,
+    Role.ADMIN,
+    destructive=True,
+    preview=preview_revoke_api_token,
+)
 def system_revoke_api_token(ctx: ActionContext, data: RevokeTokenInput) -> TokenOut:
     """Revoke an API token: it stops working at once.
 

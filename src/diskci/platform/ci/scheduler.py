@@ -7,6 +7,9 @@ runner's calls renews; ``expire_leases`` fails a job whose lease ran out (reason
 ``record_state`` records a runner's report (steps, outputs, result); a finished job releases the jobs
 that need it (``queued`` when all it needs succeeded, else ``skipped``) and the run follows its jobs
 (``in_progress`` from the first claim, ``completed`` with the worst conclusion when every job is).
+With a reproducibility check, a build job whose two copies both succeeded is compared with its copy
+(``platform.ci.reproducibility``): a run that fails it (``failure_reason``) skips the jobs still
+waiting and ends ``failure``.
 ``append_log`` stores log rows by index (a row is never lost or doubled: a resent row is acknowledged,
 not stored again), up to ``LOG_CAP_ROWS`` rows per job, after which one row notes the cap and further
 rows are acknowledged and dropped. ``cancel_run`` cancels every unfinished job: the runner of an
@@ -26,6 +29,7 @@ import yaml
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from diskci.platform.ci import reproducibility
 from diskci.platform.ci.jobs import PlannedJob, split_workflow
 from diskci.platform.ci.runners import label_names
 from diskci.platform.db.models import (
@@ -107,7 +111,8 @@ def create_run(
 
     The platform's ``ci_variables`` are the workflow's ``vars``. With ``reproducibility_check`` each
     build job (a job that needs none) is planned twice: the second copy has ``replica`` 1 and its name
-    suffixed ``" (rebuild)"``; the jobs that need it wait for both.
+    suffixed ``" (rebuild)"`` and ``DISKCI_REPLICA: "1"`` in its job's env (the workflow builds it
+    without the cache and does not push it); the jobs that need it wait for both.
     """
     now = now or utcnow()
     planned = split_workflow(workflow_text, inputs=inputs, vars=dict(platform.ci_variables or {}))
@@ -140,7 +145,7 @@ def create_run(
                 matrix=job.matrix,
                 labels=job.labels,
                 needs=job.needs,
-                payload=job.payload,
+                payload=reproducibility.replica_payload(job.payload) if replica else job.payload,
                 status=(CiStatus.WAITING if job.needs else CiStatus.QUEUED).value,
                 steps=[
                     {"name": n, "status": CiStatus.QUEUED.value, "conclusion": None}
@@ -230,14 +235,18 @@ def _advance(session: Session, run: CiRun, now: datetime) -> None:
             needed = [j for j in jobs if j.job_id in job.needs]
             if any(j.status != _COMPLETED for j in needed):
                 continue
-            if all(j.conclusion == CiConclusion.SUCCESS.value for j in needed):
+            if run.failure_reason is None and all(j.conclusion == CiConclusion.SUCCESS.value for j in needed):
                 job.status = CiStatus.QUEUED.value
             else:
                 _finish(job, CiConclusion.SKIPPED.value, now)
             changed = True
     if all(j.status == _COMPLETED for j in jobs):
         run.status = _COMPLETED
-        run.conclusion = _conclusion_of([j.conclusion for j in jobs])
+        run.conclusion = (
+            CiConclusion.FAILURE.value
+            if run.failure_reason is not None
+            else _conclusion_of([j.conclusion for j in jobs])
+        )
         run.completed_at = run.completed_at or now
     session.flush()
 
@@ -295,6 +304,7 @@ def record_state(
         _finish(job, conclusion, now)
         session.flush()
         _release_runner(session, job.runner_id)
+        reproducibility.check_pair(session, job, now)
         _advance(session, job.run, now)
     session.flush()
     return list(stored)

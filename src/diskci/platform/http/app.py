@@ -41,6 +41,7 @@ from diskci.platform.actions.catalog import (
     check_role,
     invoke,
     load_all,
+    preview_action,
 )
 from diskci.platform.actions.webhooks import WEBHOOK_PATH
 from diskci.platform.db.session import Database, configure, set_default
@@ -64,7 +65,8 @@ API_PREFIX = "/api/v1"
 CONFIRMATION_HEADER = "X-Diskci-Confirmation"
 DESTRUCTIVE_NOTE = (
     "**Destructive: confirmed in two steps.** The first call does nothing: it answers **428**"
-    " `ConfirmationRequired` with a one-time `confirmation_id` (and `expires_at`, `action`, `arguments`)."
+    " `ConfirmationRequired` with a one-time `confirmation_id` (and `expires_at`, `action`, `arguments`,"
+    " and `would_affect`: the objects the call would change)."
     " Show the operator what it would do; once they agree, repeat the same call (same token, same body)"
     f" with the header `{CONFIRMATION_HEADER}: <confirmation_id>` within 5 minutes. A reused, expired or"
     " foreign id, or a changed body, answers 403 `ConfirmationRefused` and nothing changes (the CLI's"
@@ -147,7 +149,16 @@ def _confirm(spec: ActionSpec, request: Request, data: Any, actor: str, principa
     if confirmation_id:
         confirmations.redeem(database, confirmation_id, spec.name, arguments, actor=actor)
         return arguments
-    issued = confirmations.issue(database, spec.name, arguments, actor=actor)
+    would_affect = preview_action(
+        spec.name,
+        arguments,
+        database=database,
+        settings=request.app.state.settings,
+        actor=actor,
+        role=principal.role,
+        ports=request.app.state.ports,
+    )
+    issued = confirmations.issue(database, spec.name, arguments, actor=actor, would_affect=would_affect)
     required = ConfirmationRequired(spec.name)
     required.hint = (
         f"Nothing was done. Repeat the same call with the header {CONFIRMATION_HEADER}: "
@@ -160,6 +171,7 @@ def _confirm(spec: ActionSpec, request: Request, data: Any, actor: str, principa
         action=spec.name,
         arguments=arguments,
         would=f"{spec.summary} ({spec.name} with these arguments; it cannot be undone)",
+        would_affect=would_affect,
     )
     return JSONResponse(status_code=required.http_status, content=body)
 

@@ -9,7 +9,9 @@ with its actor (``confirmation_requested``, ``confirmation_accepted``, ``confirm
 Every adapter uses these: the MCP tools (``request_confirmation``), the HTTP API (a 428 answer with the
 id, redeemed by repeating the call with ``X-Diskci-Confirmation``) and the CLI (``--yes`` issues and
 redeems at once, ``confirm_at_once``). ``bound_arguments`` is what a confirmation binds: the arguments
-as the action's input validated them (after the caller's role, as ``invoke()`` checks it).
+as the action's input validated them (after the caller's role, as ``invoke()`` checks it). Before a
+confirmation is issued each adapter shows what the call would do: the action's preview
+(``catalog.preview_action``: the objects affected), also kept in the ``confirmation_requested`` event.
 """
 
 from __future__ import annotations
@@ -53,8 +55,16 @@ def bound_arguments(spec: ActionSpec, data: Any, role: Role) -> dict[str, Any]:
     return parse_input(spec, data).model_dump(mode="json", by_alias=True)
 
 
-def issue(database: Database, action: str, arguments: dict[str, Any], *, actor: str) -> Issued:
-    """Store a new confirmation of ``action`` with ``arguments`` for ``actor`` (and its event)."""
+def issue(
+    database: Database,
+    action: str,
+    arguments: dict[str, Any],
+    *,
+    actor: str,
+    would_affect: dict[str, Any] | None = None,
+) -> Issued:
+    """Store a new confirmation of ``action`` with ``arguments`` for ``actor`` (and its event, with
+    ``would_affect``: the action's preview, what the operator was shown)."""
     now = utcnow()
     row = Confirmation(
         confirmation_id="cfm_" + secrets.token_urlsafe(24),
@@ -77,6 +87,7 @@ def issue(database: Database, action: str, arguments: dict[str, Any], *, actor: 
                 "arguments": arguments,
                 "confirmation_id": row.confirmation_id,
                 "expires_at": row.expires_at.isoformat(),
+                **({"would_affect": would_affect} if would_affect else {}),
             },
         )
         return Issued(confirmation_id=row.confirmation_id, expires_at=row.expires_at)

@@ -2,11 +2,11 @@
 troubleshooting table that the MCP server serves (prompts, and the resource ``diskci://guide/troubleshooting``).
 
 Each prompt tells the assistant which tools to chain for one operator intent and what to remind the
-operator of. Only tools that exist are named (``tests`` check every name against the catalog); a step
-whose tool is not built yet (the CI tools) is said to be not available on this platform yet.
+operator of. Only tools that exist are named (``tests`` check every name against the catalog).
 The troubleshooting table maps each symptom to the checks that diagnose it: events with their reasons,
-the instance stats, the publication's failure reason. The reason codes are the verifier's
-(``diskci.supplychain.verifier``) and the publication processor's.
+the instance stats, a CI worker's status and host stats, a job's log, the publication's failure reason.
+The reason codes are the verifier's (``diskci.supplychain.verifier``), the publication processor's and
+the CI scheduler's (``worker_lost``, ``not_reproducible``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from dataclasses import dataclass
 # Retention defaults (``NodePlatform.retention_routine_days`` / ``retention_critical_days``).
 ROUTINE_DAYS = 90
 CRITICAL_DAYS = 365
-
-NOT_YET = "is not available on this platform yet (there is no tool for it): say so, and do not improvise one"
 
 
 @dataclass(frozen=True)
@@ -49,33 +47,51 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         name="build_disk_image",
         title="Build a new disk image",
-        description="Start a disk image build for a node platform and follow it to its publication.",
-        arguments=(PromptArgument("platform", "The node platform (name) to build for."),),
+        description="Start a disk image build for a node platform (CI run or tag push) and follow it "
+        "to its publication.",
+        arguments=(
+            PromptArgument("platform", "The node platform (name) to build for."),
+            PromptArgument("ref", "The tag, branch or commit to build, e.g. v0.3.0."),
+        ),
         text=(
-            "The operator wants a new disk image{for_platform}.\n"
+            "The operator wants a new disk image{for_platform}{at_ref}.\n"
             "1. system_get_node_platform (name) — check the platform exists; note its architectures and "
             "registry_repository. Unknown? system_list_node_platforms and ask which one.\n"
-            "2. Triggering a CI build " + NOT_YET + ". The build runs in CI (or `diskci build` on a build "
-            "host), which signs and pushes the image and calls the platform's webhook; if the platform has "
-            "no webhook, system_list_disk_image_webhooks shows it, provision_disk_image_webhook makes one "
-            "(admin).\n"
-            "3. Following the CI run " + NOT_YET + ". Once CI has delivered: system_list_recent_events "
+            "2. CI must be set up: the platform needs an image_build_repository "
+            "(system_configure_disk_image_ci, operator) and a webhook (system_list_disk_image_webhooks; "
+            "none? provision_disk_image_webhook, admin), and a CI worker with each architecture as a "
+            "label (system_list_ci_workers; none? system_provision_ci_worker, admin).\n"
+            "3. Start the build, one of two ways: bootstrap_disk_image_ci (node_platform, ref; arches "
+            "default to every one the platform has) answers the run_id at once; or the operator pushes "
+            "a tag to the image-build repository, and its push webhook starts the run "
+            "(system_list_disk_image_ci_runs (node_platform) finds it, newest first).\n"
+            "4. Watch it: get_gitea_workflow_run (run_id) until status is completed (the CLI's "
+            "`diskci ci watch RUN_ID` does the same); a queued job with waiting_for_labels means no live "
+            "worker has those labels (step 2). A job failed? get_gitea_job_logs (run_id, job_name; "
+            "offset = next_offset to follow).\n"
+            "5. The run's publication_id, then system_get_disk_image_publication (id) — published or "
+            "failed (prompt why_publication_failed). No publication yet? system_list_recent_events "
             "(platform; types disk_image_webhook_received, disk_image_published, "
-            "disk_image_publication_failed) and system_get_task (task_id from the webhook event) for the "
-            "queued verification.\n"
-            "4. system_list_disk_image_publications (platform) — the new publication and its status; "
-            "failed? follow the prompt why_publication_failed.\n"
+            "disk_image_publication_failed, disk_image_rebuild_identical) and system_get_task (task_id).\n"
             "Remind the operator: a published image is not booted until it is made the default "
-            "(prompt publish_version)."
+            "(prompt publish_version); system_cancel_disk_image_ci_run stops a run (destructive)."
         ),
         tools=(
             "system_get_node_platform",
             "system_list_node_platforms",
+            "system_configure_disk_image_ci",
             "system_list_disk_image_webhooks",
             "provision_disk_image_webhook",
+            "system_list_ci_workers",
+            "system_provision_ci_worker",
+            "bootstrap_disk_image_ci",
+            "system_list_disk_image_ci_runs",
+            "get_gitea_workflow_run",
+            "get_gitea_job_logs",
+            "system_get_disk_image_publication",
             "system_list_recent_events",
             "system_get_task",
-            "system_list_disk_image_publications",
+            "system_cancel_disk_image_ci_run",
         ),
     ),
     Intent(
@@ -89,8 +105,9 @@ INTENTS: tuple[Intent, ...] = (
         text=(
             "The operator wants to publish {version} on {platform}.\n"
             "1. system_list_disk_image_publications (platform={platform}, version={version}) — find it. "
-            "None? It was not delivered yet (prompt check_build). Status failed? prompt "
-            "why_publication_failed; only a published publication can be the default.\n"
+            "None? It was not delivered yet (prompt check_build; prompt build_disk_image to build it). "
+            "Status failed? prompt why_publication_failed; only a published publication can be the "
+            "default.\n"
             "2. system_get_disk_image_publication (id) — show its architectures, digest and signer.\n"
             "3. system_diff_disk_image_publications (platform={platform}, to_publication=id) — what "
             "changes from the current default; summarise it for the operator.\n"
@@ -113,29 +130,39 @@ INTENTS: tuple[Intent, ...] = (
     Intent(
         name="check_build",
         title="Check a build",
-        description="Where a build's delivery stands: received, queued, published or failed.",
+        description="Where a build stands: its CI run, jobs and logs, then its publication.",
         arguments=(
             PromptArgument("platform", "The node platform (name)."),
-            PromptArgument("version", "The version built."),
+            PromptArgument("run_id", "The CI run, if known."),
         ),
         text=(
-            "The operator asks how a build is doing{for_platform}{for_version}.\n"
-            "1. The CI run's own status " + NOT_YET + "; the platform sees a build from its webhook on.\n"
-            "2. system_list_recent_events (platform) — disk_image_webhook_received (with its task_id), "
-            "disk_image_published, disk_image_publication_failed (with its reason), "
-            "disk_image_listing_failed.\n"
-            "3. system_get_task (task_id) — queued, running, done or failed, with its result.\n"
-            "4. system_list_disk_image_publications (platform, version) and "
-            "system_get_disk_image_publication (id) — status and failure_reason.\n"
-            "5. Nothing at all? system_get_instance_stats (tasks by status, last_event_at): a queue that "
+            "The operator asks how a build is doing{for_platform}{for_run}.\n"
+            "1. The run: no run_id? system_list_disk_image_ci_runs (node_platform) — the newest first. "
+            "Then get_gitea_workflow_run (run_id) — status (queued, waiting, in_progress, completed), "
+            "conclusion, failure_reason (not_reproducible) and failure_detail.\n"
+            "2. Its jobs (in the same answer): each job's status, conclusion, failure_reason "
+            "(worker_lost: its CI worker stopped reporting), runner and steps; a queued job's "
+            "waiting_for_labels names the labels no live worker has (system_list_ci_workers).\n"
+            "3. A failed or slow job: get_gitea_job_logs (run_id, job_name, offset) — its log, followed "
+            "with next_offset; for its worker, system_get_instance_stats (instance_id: disk, memory, "
+            "load from its heartbeats).\n"
+            "4. The publication: the run's publication_id, then system_get_disk_image_publication (id) — "
+            "published or failed with failure_reason (prompt why_publication_failed). Completed with no "
+            "publication? system_list_recent_events (platform; types disk_image_webhook_received, "
+            "disk_image_publication_failed, disk_image_rebuild_identical) and system_get_task "
+            "(task_id of the webhook event).\n"
+            "5. Nothing moves? system_get_instance_stats (tasks by status, last_event_at): a queue that "
             "does not move means no consumer runs. See the resource diskci://guide/troubleshooting."
         ),
         tools=(
+            "system_list_disk_image_ci_runs",
+            "get_gitea_workflow_run",
+            "system_list_ci_workers",
+            "get_gitea_job_logs",
+            "system_get_instance_stats",
+            "system_get_disk_image_publication",
             "system_list_recent_events",
             "system_get_task",
-            "system_list_disk_image_publications",
-            "system_get_disk_image_publication",
-            "system_get_instance_stats",
         ),
     ),
     Intent(
@@ -154,36 +181,52 @@ INTENTS: tuple[Intent, ...] = (
             "3. Once the operator chose the days: system_set_disk_image_retention (platform={platform}, "
             "routine_days, critical_days) (admin).\n"
             "4. system_preview_disk_image_retention again — show what the new rule prunes at the next "
-            "sweep. A publication to keep longer: system_mark_disk_image_publication_critical.\n"
-            "Pruning now (outside the daily sweep) " + NOT_YET + "."
+            "daily sweep. A publication to keep longer: system_mark_disk_image_publication_critical.\n"
+            "5. Only if the operator wants it pruned now rather than at the daily sweep: "
+            "system_prune_disk_image_publications (platform={platform}) (admin) — destructive: "
+            + _CONFIRM
+            + " Its first answer lists the publications it would delete."
         ),
         tools=(
             "system_get_node_platform",
             "system_preview_disk_image_retention",
             "system_set_disk_image_retention",
             "system_mark_disk_image_publication_critical",
+            "system_prune_disk_image_publications",
         ),
     ),
     Intent(
         name="decommission_ci_worker",
         title="Decommission a CI worker",
-        description="Take a CI worker out of service (its jobs, its instance, its credentials).",
-        arguments=(PromptArgument("worker", "The CI worker's name."),),
+        description="Take a CI worker out of service (its jobs, its machine, its runner's credentials).",
+        arguments=(PromptArgument("worker", "The CI worker's hostname or id."),),
         text=(
             "The operator wants to decommission a CI worker{for_worker}.\n"
-            "1. Listing CI workers and their in-flight jobs " + NOT_YET + ".\n"
-            "2. Terminating a CI worker " + NOT_YET + ". When it lands it is destructive: " + _CONFIRM + "\n"
-            "3. What can be done now: if the worker had an API token, system_list_api_tokens (admin) "
-            "finds it and system_revoke_api_token (name) revokes it — destructive: " + _CONFIRM + "\n"
-            "4. system_list_recent_events (type confirmation_accepted / api_token_revoked) — "
-            "confirm it was recorded, with its actor."
+            "1. system_list_ci_workers — find it (id, hostname, status online/busy/offline, labels, "
+            "current_job, provider and provider_id). Ask which one when it is not clear.\n"
+            "2. system_get_instance_stats (instance_id=id) — its disk, memory and load, and the last "
+            "heartbeat's time; tell the operator whether it is busy: a busy worker's job is cancelled. "
+            "Would the remaining workers still cover every label the platforms build?\n"
+            "3. system_terminate_ci_worker (id) (operator) — destructive: " + _CONFIRM + " Its first "
+            "answer names the worker, its runners whose credentials stop working, the jobs in progress "
+            "it cancels and the machine the provider destroys: show all of it.\n"
+            "4. system_get_task (task_id of the answer) — the provider's termination; then "
+            "system_list_ci_workers (include_terminated=true) shows it terminated.\n"
+            "5. system_list_recent_events (types confirmation_accepted, ci_worker_terminating, "
+            "ci_worker_job_cancelled) — confirm it was recorded, with its actor."
         ),
-        tools=("system_list_api_tokens", "system_revoke_api_token", "system_list_recent_events"),
+        tools=(
+            "system_list_ci_workers",
+            "system_get_instance_stats",
+            "system_terminate_ci_worker",
+            "system_get_task",
+            "system_list_recent_events",
+        ),
     ),
     Intent(
         name="why_publication_failed",
         title="Why did a publication fail?",
-        description="Diagnose a failed publication: its failure reason, events and instance stats.",
+        description="Diagnose a failed publication: its failure reason, its CI run, events and stats.",
         arguments=(
             PromptArgument("platform", "The node platform (name)."),
             PromptArgument("publication_id", "The publication's id, if known."),
@@ -197,7 +240,10 @@ INTENTS: tuple[Intent, ...] = (
             "with its subject (platform:version) and time; also disk_image_listing_failed.\n"
             "4. Read the resource diskci://guide/troubleshooting: find the reason, run its checks, and "
             "tell the operator what it means and what fixes it (most reasons are fixed in CI or the "
-            "platform's signer policy, then rebuilt: prompt build_disk_image).\n"
+            "platform's signer policy, then rebuilt: prompt build_disk_image). The CI side: the run "
+            "(system_list_disk_image_ci_runs, node_platform; the one whose publication_id is this id, "
+            "or the newest), get_gitea_workflow_run (run_id) and get_gitea_job_logs (the publish job's "
+            "log: what it signed and pushed).\n"
             "5. system_get_instance_stats — failures by status and whether the queue moves.\n"
             "6. A policy to correct: system_get_node_platform, then system_update_node_platform (admin)."
         ),
@@ -205,6 +251,9 @@ INTENTS: tuple[Intent, ...] = (
             "system_list_disk_image_publications",
             "system_get_disk_image_publication",
             "system_list_recent_events",
+            "system_list_disk_image_ci_runs",
+            "get_gitea_workflow_run",
+            "get_gitea_job_logs",
             "system_get_instance_stats",
             "system_get_node_platform",
             "system_update_node_platform",
@@ -221,6 +270,8 @@ def render(intent: Intent, arguments: dict[str, str]) -> str:
         for_platform=f" for {given['platform']}" if given.get("platform") else "",
         for_version=f" ({given['version']})" if given.get("version") else "",
         for_worker=f" ({given['worker']})" if given.get("worker") else "",
+        at_ref=f" at {given['ref']}" if given.get("ref") else "",
+        for_run=f" (run {given['run_id']})" if given.get("run_id") else "",
         for_publication=f" (publication {given['publication_id']})" if given.get("publication_id") else "",
     )
     return intent.text.format(**values) + "\n\n" + _FOOTER
@@ -249,6 +300,9 @@ TROUBLESHOOTING: tuple[Symptom, ...] = (
             "system_list_recent_events (type=disk_image_publication_failed, platform): reason, subject",
             "system_get_node_platform (name): the signer policy (cosign_identity_regexp, cosign_oidc_issuer, "
             "trusted_root) the bundle was checked against",
+            "identity_mismatch from CI: failure_detail gives the certificate's identity; "
+            "get_gitea_workflow_run (run_id) the run's ref and event, which its job's OIDC identity names: "
+            "compare both with cosign_identity_regexp (a tag the regexp does not allow, another workflow)",
         ),
         reasons={
             "reference_mismatch": "the delivered reference is not in the platform's registry_repository",
@@ -310,6 +364,53 @@ TROUBLESHOOTING: tuple[Symptom, ...] = (
         reasons={
             "retention": "older than the platform's retention for its kind (routine or critical)",
             "registry_error": "the registry refused to delete it (it is retried at the next sweep)",
+        },
+    ),
+    Symptom(
+        symptom="A CI job is stuck queued",
+        checks=(
+            "get_gitea_workflow_run (run_id): the job's waiting_for_labels, the labels no live worker has",
+            "system_list_ci_workers: each worker's status (online, busy, offline, provisioning) and labels",
+            "system_get_instance_stats (instance_id): the worker's last heartbeat (stats_at), disk, load",
+            "no worker with those labels: system_provision_ci_worker (admin, build_targets = the labels)",
+        ),
+        reasons={
+            "offline": "the worker's runner was not heard from for a minute (process down, network)",
+            "provisioning": "the machine runs but its runner has not registered yet",
+            "busy": "the worker has a job in progress; jobs wait for a free worker",
+        },
+    ),
+    Symptom(
+        symptom="A CI job or run failed",
+        checks=(
+            "get_gitea_workflow_run (run_id): conclusion and failure_reason of the run and of each job, "
+            "its steps, and failure_detail",
+            "get_gitea_job_logs (run_id, job_name, offset): the failing step's output",
+            "system_list_recent_events (type=ci_job_worker_lost or ci_run_not_reproducible): when, which job",
+            "system_list_ci_workers and system_get_instance_stats (instance_id): the worker's status, "
+            "disk free, memory and load (a full disk or an overloaded host fails builds)",
+        ),
+        reasons={
+            "worker_lost": "the job's CI worker stopped reporting and its lease ran out (machine down, "
+            "runner killed, network cut); run the build again: bootstrap_disk_image_ci",
+            "not_reproducible": "with reproducibility_check, the two builds of an architecture gave "
+            "different artifacts; failure_detail names each artifact with both digests",
+            "cancelled": "someone cancelled the run (system_cancel_disk_image_ci_run) or terminated "
+            "its worker (system_terminate_ci_worker): the ci_run_cancelled or ci_worker_job_cancelled event "
+            "names the actor",
+        },
+    ),
+    Symptom(
+        symptom="A build finished but no new publication appeared (same artifacts)",
+        checks=(
+            "system_list_recent_events (type=disk_image_rebuild_identical, platform): the existing "
+            "publication the identical build matched (payload publication_id)",
+            "system_get_disk_image_publication (id): that publication, published or pruned",
+        ),
+        reasons={
+            "disk_image_rebuild_identical": "the rebuild produced the very same index digest as an "
+            "existing publication: nothing was fetched again and no new publication was made (not an "
+            "error: a reproducible build)",
         },
     ),
     Symptom(

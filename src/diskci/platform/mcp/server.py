@@ -19,8 +19,12 @@ action and arguments once the operator agreed.
 
 The runbook's guidance is served too (``platform.mcp.guidance``): a prompt per operator intent (which
 tools to chain, what to remind), and resources: ``diskci://platforms``, ``diskci://publications``,
-``diskci://events/recent`` (read through the read-only actions, as the caller) and the troubleshooting
-table ``diskci://guide/troubleshooting``.
+``diskci://events/recent``, ``diskci://ci/runs``, ``diskci://ci/workers`` (read through the read-only
+actions, as the caller) and the troubleshooting table ``diskci://guide/troubleshooting``.
+
+A destructive call's first answer (and the elicitation's message) carries ``would_affect``: the
+action's preview, the objects it would change (``catalog.preview_action``), as the HTTP API's 428
+answer and the CLI's refusal do.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from diskci.platform.actions.catalog import (
     get_action,
     invoke,
     load_all,
+    preview_action,
 )
 from diskci.platform.db.models import Role
 from diskci.platform.db.session import Database
@@ -69,11 +74,13 @@ from diskci.platform.settings import PlatformSettings
 SERVER_NAME = "diskci"
 REQUEST_CONFIRMATION = "request_confirmation"
 INSTRUCTIONS = (
-    "diskci's control plane: node platforms, webhooks, disk image publications, netboot, retention and "
-    "API tokens, one tool per operator action. Destructive tools never act on the first call: the "
-    "operator is asked directly, or the call answers ConfirmationRequired with a confirmation_id; "
-    "show the operator what would happen, and only once they agree call request_confirmation with "
-    "that id and the same action and arguments (the id expires after 5 minutes and works once)."
+    "diskci's control plane: node platforms, CI runs and CI workers, webhooks, disk image "
+    "publications, netboot, retention and API tokens, one tool per operator action; the prompts say "
+    "which tools to chain for each operator intent. Destructive tools never act on the first call: the "
+    "operator is asked directly, or the call answers ConfirmationRequired with a confirmation_id and "
+    "would_affect; show the operator what would happen, and only once they agree call "
+    "request_confirmation with that id and the same action and arguments (the id expires after 5 "
+    "minutes and works once)."
 )
 
 
@@ -177,10 +184,12 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
     return model.model_json_schema(by_alias=True)
 
 
-def _confirm_message(spec: ActionSpec, arguments: dict[str, Any]) -> str:
+def _confirm_message(spec: ActionSpec, arguments: dict[str, Any], would_affect: dict[str, Any]) -> str:
+    affected = f"It would affect: {json.dumps(would_affect, sort_keys=True)}\n" if would_affect else ""
     return (
         f"{spec.name} is destructive: {spec.summary}\n"
         f"Arguments: {json.dumps(arguments, sort_keys=True)}\n"
+        f"{affected}"
         "It acts at once and cannot be undone. Go ahead?"
     )
 
@@ -210,6 +219,10 @@ DATA_RESOURCES = (
         "system_list_disk_image_publications",
     ),
     DataResource("diskci://events/recent", "recent-events", "Recent events", "system_list_recent_events"),
+    DataResource("diskci://ci/runs", "ci-runs", "CI runs (newest first)", "system_list_disk_image_ci_runs"),
+    DataResource(
+        "diskci://ci/workers", "ci-workers", "CI workers and their status", "system_list_ci_workers"
+    ),
 )
 TROUBLESHOOTING_URI = "diskci://guide/troubleshooting"
 
@@ -263,6 +276,20 @@ class DiskciMcp:
         """The arguments validated as ``spec``'s input (after the role, as ``invoke()`` does)."""
         return confirmations.bound_arguments(spec, arguments, caller.role)
 
+    async def _preview(self, spec: ActionSpec, checked: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """What the destructive call would affect (the action's preview; it changes nothing)."""
+        return await anyio.to_thread.run_sync(
+            lambda: preview_action(
+                spec.name,
+                checked,
+                database=self.database,
+                settings=self.settings,
+                actor=caller.actor,
+                role=caller.role,
+                ports=self.ports,
+            )
+        )
+
     def action_tool(self, spec: ActionSpec) -> Tool:
         if spec.destructive:
             return self._destructive_tool(spec)
@@ -282,14 +309,16 @@ class DiskciMcp:
     def _destructive_tool(self, spec: ActionSpec) -> Tool:
         async def ask(ctx: Context[Any, Any], arguments: dict[str, Any]) -> Elicit[Confirm] | _NotAsked:
             try:
-                checked = await anyio.to_thread.run_sync(self._check, spec, await self.caller(ctx), arguments)
+                caller = await self.caller(ctx)
+                checked = await anyio.to_thread.run_sync(self._check, spec, caller, arguments)
+                capabilities = ctx.client_capabilities if ctx._request_context is not None else None
+                elicitation = capabilities.elicitation if capabilities is not None else None
+                if elicitation is None or (elicitation.form is None and elicitation.url is not None):
+                    return _NotAsked()
+                would_affect = await self._preview(spec, checked, caller)
             except DiskciError as exc:
-                return _NotAsked(exc)
-            capabilities = ctx.client_capabilities if ctx._request_context is not None else None
-            elicitation = capabilities.elicitation if capabilities is not None else None
-            if elicitation is None or (elicitation.form is None and elicitation.url is not None):
-                return _NotAsked()
-            return Elicit(_confirm_message(spec, checked), Confirm)
+                return _NotAsked(exc)  # run() meets the same error and answers it
+            return Elicit(_confirm_message(spec, checked, would_affect), Confirm)
 
         async def run(
             ctx: Context[Any, Any], answer: ElicitationResult[Confirm] | Any, arguments: dict[str, Any]
@@ -333,8 +362,14 @@ class DiskciMcp:
         )
 
     async def _pending(self, spec: ActionSpec, checked: dict[str, Any], caller: Caller) -> CallToolResult:
+        try:
+            would_affect = await self._preview(spec, checked, caller)
+        except DiskciError as exc:
+            return error_result(exc)  # refused at once: nothing to confirm
         issued = await anyio.to_thread.run_sync(
-            lambda: confirmations.issue(self.database, spec.name, checked, actor=caller.actor)
+            lambda: confirmations.issue(
+                self.database, spec.name, checked, actor=caller.actor, would_affect=would_affect
+            )
         )
         required = ConfirmationRequired(spec.name)
         required.hint = f"Nothing was done. Confirm it with {REQUEST_CONFIRMATION} (once, within 5 minutes)."
@@ -345,6 +380,7 @@ class DiskciMcp:
             action=spec.name,
             arguments=checked,
             would=f"{spec.summary} ({spec.name} with these arguments; it cannot be undone)",
+            would_affect=would_affect,
             next=(
                 f"Show this to the operator; once they agree, call {REQUEST_CONFIRMATION} with this "
                 "confirmation_id, action and arguments."

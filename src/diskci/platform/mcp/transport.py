@@ -126,8 +126,15 @@ def _security(settings: PlatformSettings) -> TransportSecuritySettings:
 def mount_mcp(
     app: FastAPI, *, database: Database, settings: PlatformSettings, ports: Ports
 ) -> MCPServer[Any]:
-    """Serve MCP (streamable HTTP) at ``/mcp`` on ``app``, behind the API's bearer tokens."""
-    server = build_server(database=database, settings=settings, ports=ports, caller_of=_scope_caller)
+    """Serve MCP (streamable HTTP) at ``/mcp`` on ``app``, behind the API's bearer tokens (only the
+    read-only tools with ``settings.mcp_read_only``, as ``diskci platform mcp --read-only`` does)."""
+    server = build_server(
+        database=database,
+        settings=settings,
+        ports=ports,
+        caller_of=_scope_caller,
+        read_only=settings.mcp_read_only,
+    )
 
     def streamable_app() -> ASGIApp:
         # Each call makes a new session manager on ``server``; a manager runs only once, so every
