@@ -77,7 +77,7 @@ def stage(ctx: BuildContext) -> None:
     bios = ctx.arch is Architecture.amd64
 
     loader = esp.find_loader(ctx)
-    ctx.tool("systemd-boot", loader.origin)
+    ctx.tool(f"systemd-boot ({ctx.arch.value})", loader.origin)  # host or target root, per architecture
     dest = ctx.arch_dir / "netboot.iso"
     with atomic_path(dest) as tmp, tempfile.TemporaryDirectory(dir=ctx.arch_dir, prefix=".iso-") as w:
         work = Path(w)

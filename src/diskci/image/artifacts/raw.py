@@ -113,7 +113,7 @@ def stage(ctx: BuildContext) -> None:
 
     ctx.report("finding the UEFI boot loader")
     loader = esp.find_loader(ctx)
-    ctx.tool("systemd-boot", loader.origin)
+    ctx.tool(f"systemd-boot ({ctx.arch.value})", loader.origin)  # host or target root, per architecture
     files = esp.loader_files(
         ctx, loader, kernel, initramfs, root_options(ctx.spec.cmdline_for(ctx.arch), root_sha256)
     )
