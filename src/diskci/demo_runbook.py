@@ -27,14 +27,15 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
+from diskci.ci.follow import follow
 from diskci.ci.repo import init_repo
 from diskci.demo import (
     BOOT_TIMEOUT,
@@ -52,7 +53,9 @@ from diskci.process import require_tool, run, spawn
 from diskci.qemu import QemuConsole
 from diskci.spec import PlatformSpec, load_spec
 
+T = TypeVar("T")
 RUN_TIMEOUT = 1800.0
+PUBLICATION_TIMEOUT = 600.0
 DEMO_SOURCE_DATE_EPOCH = 1764000000  # 2025-11-24T16:00:00Z
 WORKER_TIMEOUT = 120.0
 DEMO_WORKER = "ci-worker-1"
@@ -130,18 +133,42 @@ def _git(*args: str | Path, cwd: Path | None = None) -> str:
     return out
 
 
-def _wait_worker_online(server: PlatformServer, hostname: str) -> dict[str, Any]:
-    deadline = time.monotonic() + WORKER_TIMEOUT
-    seen = ""
+def _poll(check: Callable[[], T | None], timeout: float, interval: float, failed: Callable[[], str]) -> T:
+    """``check()``'s first answer that is not None, asked every ``interval`` seconds; DemoError with
+    ``failed()`` when ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = server.action("system_list_ci_workers", {})["workers"]
-        for worker in workers:
-            if worker["hostname"] == hostname:
-                seen = worker["status"]
-                if seen in ("online", "busy"):
+        answer = check()
+        if answer is not None:
+            return answer
+        time.sleep(interval)
+    raise DemoError(failed())
+
+
+def _wait_worker(
+    server: PlatformServer, matches: Callable[[dict[str, Any]], bool], wanted: tuple[str, ...], timeout: float
+) -> dict[str, Any]:
+    """The CI worker ``matches`` picks, once its status is one of ``wanted``."""
+    seen: dict[str, Any] = {}
+
+    def check() -> dict[str, Any] | None:
+        listed = server.action("system_list_ci_workers", {"include_terminated": True})
+        for worker in listed["workers"]:
+            if matches(worker):
+                seen.update(worker)
+                if worker["status"] in wanted:
                     return dict(worker)
-        time.sleep(0.5)
-    raise DemoError(f"CI worker {hostname} was not online within {WORKER_TIMEOUT:.0f} s (status {seen!r})")
+        return None
+
+    return _poll(
+        check,
+        timeout,
+        0.5,
+        lambda: (
+            f"CI worker {seen.get('hostname', '?')} is {seen.get('status')!r}, not"
+            f" {' or '.join(wanted)}, after {timeout:.0f} s"
+        ),
+    )
 
 
 def _run_id_from_push(output: str) -> int:
@@ -180,34 +207,35 @@ def run_timeline(run: dict[str, Any]) -> list[tuple[float, str]]:
 
 
 def _watch(server: PlatformServer, run_id: int, result: RunbookResult, started: float) -> dict[str, Any]:
-    """Follow the run until it completes, recording each status change of it and its jobs."""
-    deadline = time.monotonic() + RUN_TIMEOUT
-    last: dict[str, str] = {}
-    offsets: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        out = server.action("get_gitea_workflow_run", {"run_id": run_id})
-        states = {"run": f"{out['status']}{'/' + out['conclusion'] if out['conclusion'] else ''}"}
-        for job in out["jobs"]:
-            states[f"job {job['name']}"] = job["status"] + (
-                f"/{job['conclusion']}" if job["conclusion"] else ""
+    """Follow the run as ``diskci ci watch`` does (every job, step and log row), printing each job's
+    status change, until it completes and, when it succeeded, names its publication."""
+
+    def fetch_run() -> dict[str, Any]:
+        return server.action("get_gitea_workflow_run", {"run_id": run_id})
+
+    def fetch_logs(job: str, offset: int) -> dict[str, Any]:
+        return server.action("get_gitea_job_logs", {"run_id": run_id, "job_name": job, "offset": offset})
+
+    def on_change(change: dict[str, Any]) -> None:
+        if change["type"] == "log":
+            result.log_rows[change["job"]] = change["offset"] + 1
+        elif change["type"] == "job":
+            print(
+                f"  +{time.monotonic() - started:6.1f} s  job {change['job']}: {_state(change)}", flush=True
             )
-        for what, state in states.items():
-            if last.get(what) != state:
-                last[what] = state
-                print(f"  +{time.monotonic() - started:6.1f} s  {what}: {state}", flush=True)
-        for job in out["jobs"]:
-            if job["status"] in ("in_progress", "completed"):
-                logs = server.action(
-                    "get_gitea_job_logs",
-                    {"run_id": run_id, "job_name": job["name"], "offset": offsets.get(job["name"], 0)},
-                )
-                offsets[job["name"]] = logs["next_offset"]
-        if out["status"] == "completed" and (out["publication_id"] or out["conclusion"] != "success"):
-            result.timeline = run_timeline(out)
-            result.log_rows = dict(offsets)
-            return dict(out)
-        time.sleep(1)
-    raise DemoError(f"CI run {run_id} did not complete within {RUN_TIMEOUT:.0f} s:\n{server.log_tail()}")
+
+    out = follow(fetch_run, fetch_logs, on_change, timeout=RUN_TIMEOUT)
+    if out is None:
+        raise DemoError(f"CI run {run_id} did not complete within {RUN_TIMEOUT:.0f} s:\n{server.log_tail()}")
+    if out["conclusion"] == "success" and not out["publication_id"]:  # the webhook is still on its way
+        out = _poll(
+            lambda: latest if (latest := fetch_run())["publication_id"] else None,
+            PUBLICATION_TIMEOUT,
+            1.0,
+            lambda: f"CI run {run_id} succeeded but named no publication within {PUBLICATION_TIMEOUT:.0f} s",
+        )
+    result.timeline = run_timeline(out)
+    return dict(out)
 
 
 def run_runbook_demo(cfg: DemoConfig) -> RunbookResult:
@@ -288,7 +316,9 @@ def run_runbook_demo(cfg: DemoConfig) -> RunbookResult:
                     "build_targets": [a.value for a in spec.architectures],
                 },
             )
-            worker = _wait_worker_online(server, DEMO_WORKER)
+            worker = _wait_worker(
+                server, lambda w: w["hostname"] == DEMO_WORKER, ("online", "busy"), WORKER_TIMEOUT
+            )
             result.worker = f"{worker['hostname']} (labels {', '.join(worker['labels'])})"
         try:
             _after_worker(cfg, server, spec, work, port, tag, result)
@@ -296,7 +326,7 @@ def run_runbook_demo(cfg: DemoConfig) -> RunbookResult:
             # a failed demo still decommissions its worker: no runner left polling a stopped platform
             with contextlib.suppress(Exception):
                 server.action("system_terminate_ci_worker", {"id": int(worker["id"])}, yes=True)
-                _wait_worker_status(server, int(worker["id"]), "terminated")
+                _wait_worker(server, lambda w: w["id"] == worker["id"], ("terminated",), 60)
             raise
     return result
 
@@ -323,7 +353,7 @@ def _after_worker(
 
     # 7. the publication, verified; then the default (phase 5)
     with timed(result, "verify", "the platform verifies the run's publication"):
-        pub = _wait_published(server, spec.name, int(out["publication_id"]))
+        pub = _wait_published(server, int(out["publication_id"]))
         result.publication_id = int(pub["id"])
         result.manifest_digest = str(pub["manifest_digest"])
         result.signer_identity = str(pub.get("signer_identity") or "")
@@ -349,37 +379,26 @@ def _after_worker(
             if w["hostname"] == DEMO_WORKER
         )  # fmt: skip
         server.action("system_terminate_ci_worker", {"id": instance_id}, yes=True)
-        result.worker_final_status = _wait_worker_status(server, instance_id, "terminated")
+        terminated = _wait_worker(server, lambda w: w["id"] == instance_id, ("terminated",), 60)
+        result.worker_final_status = str(terminated["status"])
 
 
-def _wait_published(server: PlatformServer, platform: str, publication_id: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        out = server.action("system_list_disk_image_publications", {"platform": platform, "limit": 50})
-        for pub in out["publications"]:
-            if pub["id"] == publication_id and pub["status"] in ("published", "failed"):
-                if pub["status"] != "published":
-                    raise DemoError(
-                        f"the platform refused the run's publication: {pub['failure_reason']}:"
-                        f" {pub['failure_detail']}"
-                    )
-                return dict(pub)
-        time.sleep(1)
-    raise DemoError(f"publication {publication_id} was not verified within 600 s:\n{server.log_tail()}")
+def _wait_published(server: PlatformServer, publication_id: int) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        pub = server.action("system_get_disk_image_publication", {"id": publication_id})
+        return dict(pub) if pub["status"] in ("published", "failed") else None
 
-
-def _wait_worker_status(server: PlatformServer, instance_id: int, wanted: str) -> str:
-    deadline = time.monotonic() + 60
-    status = ""
-    while time.monotonic() < deadline:
-        listed = server.action("system_list_ci_workers", {"include_terminated": True})
-        for worker in listed["workers"]:
-            if worker["id"] == instance_id:
-                status = str(worker["status"])
-        if status == wanted:
-            return status
-        time.sleep(0.5)
-    raise DemoError(f"CI worker {instance_id} is {status!r}, not {wanted!r}, after 60 s")
+    pub = _poll(
+        check,
+        PUBLICATION_TIMEOUT,
+        1.0,
+        lambda: f"publication {publication_id} was not verified within 600 s:\n{server.log_tail()}",
+    )
+    if pub["status"] != "published":
+        raise DemoError(
+            f"the platform refused the run's publication: {pub['failure_reason']}: {pub['failure_detail']}"
+        )
+    return pub
 
 
 def clean_runbook_state(state_dir: Path) -> None:
