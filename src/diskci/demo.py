@@ -257,7 +257,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                 server.action("system_update_node_platform", {"name": spec.name, **platform_fields})
             else:
                 server.action("system_create_node_platform", {"name": spec.name, **platform_fields})
-            hook = server.action("provision_disk_image_webhook", {"platform": spec.name})
+            # A re-run rotates the demo's own secret; the demo is its only sender, so a rotation inside
+            # the grace window (destructive: the previous secret stops at once) is confirmed here.
+            hook = server.action("provision_disk_image_webhook", {"platform": spec.name}, yes=True)
             secret_file = state / "webhook.secret"
             secret_file.touch(mode=0o600)
             secret_file.write_text(hook["secret"])

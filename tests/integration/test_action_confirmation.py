@@ -114,3 +114,34 @@ def test_ports_without_a_queue_name_the_missing_port() -> None:
     with pytest.raises(PortUnavailable, match="no task queue"):
         Ports().enqueue_publication("d-1")
     assert Ports(enqueue=lambda d: f"task-{d}").enqueue_publication("d-1") == "task-d-1"
+
+
+def test_http_rotation_in_the_grace_window_is_confirmed(
+    platform_client: Any, platform_db: Database, platform_settings: PlatformSettings, make_token: Any
+) -> None:
+    """Provisioning a webhook is not destructive, nor is its first rotation; a rotation while the previous
+    secret is still in its grace window ends that secret, so it is confirmed like any destructive call."""
+    admin = {"Authorization": f"Bearer {make_token('admin', 'root')}"}
+    invoke(
+        "system_create_node_platform",
+        {"name": "p1", "architectures": ["amd64"], "registry_repository": "127.0.0.1:5000/img",
+         "cosign_identity_regexp": "^x$", "cosign_oidc_issuer": "https://ci.example"},
+        database=platform_db, settings=platform_settings, actor="test", role=Role.ADMIN,
+    )  # fmt: skip
+    url = "/api/v1/provision_disk_image_webhook"
+    first = platform_client.post(url, headers=admin, json={"platform": "p1"})
+    second = platform_client.post(url, headers=admin, json={"platform": "p1"})
+    assert first.status_code == 200 and second.status_code == 200, (first.text, second.text)
+    asked = platform_client.post(url, headers=admin, json={"platform": "p1"})
+    assert asked.status_code == 428, asked.text
+    body = asked.json()
+    assert body["would_affect"]["stops_working_now"]["fingerprint"] == first.json()["secret_fingerprint"]
+    listed = platform_client.post("/api/v1/system_list_disk_image_webhooks", headers=admin, json={})
+    assert listed.json()["webhooks"][0]["secret_fingerprint"] == second.json()["secret_fingerprint"]
+    done = platform_client.post(
+        url, headers={**admin, "X-Diskci-Confirmation": body["confirmation_id"]}, json={"platform": "p1"}
+    )
+    assert done.status_code == 200, done.text
+    assert done.json()["previous_fingerprint"] == second.json()["secret_fingerprint"]
+    doc = platform_client.get("/api/v1/openapi.json").json()["paths"][url]["post"]
+    assert "grace window" in doc["x-diskci-destructive-when"] and doc["parameters"][0]["in"] == "header"

@@ -16,7 +16,7 @@ from mcp.client import Client
 from mcp_types import CallToolResult, ElicitResult
 from sqlalchemy import select, update
 
-from diskci.platform.actions.catalog import load_all
+from diskci.platform.actions.catalog import invoke, load_all
 from diskci.platform.db.models import ApiToken, Confirmation, Event, Role, utcnow
 from diskci.platform.db.session import Database
 from diskci.platform.mcp.server import REQUEST_CONFIRMATION, build_server
@@ -112,7 +112,7 @@ def test_tools_per_role_with_schemas_and_every_annotation(
         listed = {t.name: t for t in _session(platform_db, platform_settings, token, _list).tools}
         allowed = {name for name, spec in specs.items() if role.allows(spec.role)}
         assert set(listed) - {REQUEST_CONFIRMATION} == allowed, token
-        assert (REQUEST_CONFIRMATION in listed) == any(specs[n].destructive for n in allowed)
+        assert (REQUEST_CONFIRMATION in listed) == any(specs[n].may_destroy for n in allowed)
         for name in allowed:
             tool, spec = listed[name], specs[name]
             assert tool.input_schema == spec.input_model.model_json_schema(by_alias=True)
@@ -121,7 +121,7 @@ def test_tools_per_role_with_schemas_and_every_annotation(
             hints = tool.annotations
             assert hints is not None
             assert hints.read_only_hint is spec.read_only
-            assert hints.destructive_hint is spec.destructive
+            assert hints.destructive_hint is spec.may_destroy
             assert hints.idempotent_hint is spec.read_only
             assert hints.open_world_hint is False
     admin = {t.name for t in _session(platform_db, platform_settings, "admin", _list).tools}
@@ -359,3 +359,48 @@ def test_a_revoked_caller_token_stops_working(
     result = _session(platform_db, platform_settings, "victim", _call("system_list_recent_events", {}))
     assert result.is_error and result.structured_content is not None
     assert result.structured_content["error"] == "UnknownTokenName"
+
+
+def test_a_tool_destructive_only_in_some_states_asks_only_then(
+    platform_db: Database, platform_settings: PlatformSettings, tokens: Any
+) -> None:
+    """Provisioning a webhook acts at once, and so does its first rotation; rotating again while the
+    previous secret is in its grace window would end that secret, so it waits for a confirmation."""
+    hook = "provision_disk_image_webhook"
+    invoke(
+        "system_create_node_platform",
+        {"name": "debian-12-amd64", "architectures": ["amd64"], "registry_repository": "127.0.0.1:5000/img",
+         "cosign_identity_regexp": "^x$", "cosign_oidc_issuer": "https://ci.example"},
+        database=platform_db, settings=platform_settings, actor="test", role=Role.ADMIN,
+    )  # fmt: skip
+    args = {"platform": "debian-12-amd64"}
+
+    async def steps(client: Client) -> list[CallToolResult]:
+        made = await client.call_tool(hook, args)
+        rotated = await client.call_tool(hook, args)
+        asked = await client.call_tool(hook, args)
+        assert asked.structured_content is not None
+        confirmed = await client.call_tool(
+            REQUEST_CONFIRMATION,
+            {"confirmation_id": asked.structured_content.get("confirmation_id", ""), "action": hook,
+             "arguments": args},
+        )  # fmt: skip
+        return [made, rotated, asked, confirmed]
+
+    made, rotated, asked, confirmed = _session(platform_db, platform_settings, "admin", steps)
+    assert not made.is_error and not rotated.is_error, (made.content, rotated.content)
+    assert made.structured_content is not None and rotated.structured_content is not None
+    assert rotated.structured_content["rotated"] is True
+    assert asked.is_error and asked.structured_content is not None
+    body = asked.structured_content
+    assert body["error"] == "ConfirmationRequired"
+    assert (
+        body["would_affect"]["stops_working_now"]["fingerprint"]
+        == (made.structured_content["secret_fingerprint"])
+    )
+    assert not confirmed.is_error, confirmed.content
+    assert confirmed.structured_content is not None
+    result = confirmed.structured_content["result"]
+    assert result["previous_fingerprint"] == rotated.structured_content["secret_fingerprint"]
+    [event] = _events(platform_db, "confirmation_accepted")
+    assert event.payload["action"] == hook and event.payload["actor"] == "token:admin"

@@ -10,7 +10,13 @@ import pytest
 from sqlalchemy import select, text
 
 from diskci.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from diskci.platform.actions.catalog import invoke, load_all
+from diskci.platform.actions.catalog import (
+    ConfirmationRequired,
+    confirmation_needed,
+    invoke,
+    load_all,
+    preview_action,
+)
 from diskci.platform.db.models import DiskImagePublication, DiskImageWebhook, Event, NodePlatform, Role
 from diskci.platform.db.session import Database
 from diskci.platform.secrets import SecretBox
@@ -165,14 +171,20 @@ def test_webhook_provision_and_rotation(platform_db: Database, platform_settings
     assert second.previous_valid_until is not None
     assert second.previous_valid_until > datetime.now(UTC) + timedelta(hours=23)
     given = "g" * 40
-    third = call(
-        platform_db,
-        platform_settings,
-        "provision_disk_image_webhook",
-        platform="debian-12-amd64",
-        secret=given,
-    )
-    assert third.secret == given
+    # A third rotation inside the grace window would end the first secret at once: destructive, so it
+    # is refused unconfirmed (nothing changes) and its preview names the secret that would stop working.
+    with pytest.raises(ConfirmationRequired):
+        call(platform_db, platform_settings, "provision_disk_image_webhook", platform="debian-12-amd64")
+    wanted = {"platform": "debian-12-amd64", "secret": given}
+    args: dict[str, Any] = {"database": platform_db, "settings": platform_settings, "actor": "test"}
+    assert confirmation_needed("provision_disk_image_webhook", wanted, role=Role.ADMIN, **args)
+    preview = preview_action("provision_disk_image_webhook", wanted, role=Role.ADMIN, **args)
+    assert preview["stops_working_now"]["fingerprint"] == first.secret_fingerprint
+    assert preview["becomes_previous"]["fingerprint"] == second.secret_fingerprint
+    with platform_db.read_session() as s:
+        assert s.scalar(select(DiskImageWebhook.secret_fingerprint)) == second.secret_fingerprint
+    third = invoke("provision_disk_image_webhook", wanted, role=Role.ADMIN, confirmed=True, **args)
+    assert third.secret == given and third.previous_fingerprint == second.secret_fingerprint
     # Stored encrypted: the plaintext is nowhere in the row, and it decrypts with the key.
     with platform_db.session() as s:
         row = s.scalar(select(DiskImageWebhook))

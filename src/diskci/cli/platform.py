@@ -22,6 +22,7 @@ from diskci.errors import UsageError
 from diskci.platform.actions.catalog import (
     ActionSpec,
     ConfirmationRequired,
+    confirmation_needed,
     get_action,
     invoke,
     load_all,
@@ -272,7 +273,9 @@ def _run_action(
     ports = Ports(enqueue=queue.enqueue_publication, enqueue_worker=queue.enqueue_ci_worker_task)
     actor = _actor()
     try:
-        if confirmed and get_action(name).destructive:
+        if confirmed and confirmation_needed(
+            name, data, database=database, settings=settings, actor=actor, role=Role.ADMIN, ports=ports
+        ):
             # --yes answers the confirmation the call would ask for: issued and redeemed at once (events).
             from diskci.platform.mcp.confirmations import bound_arguments, confirm_at_once
 
@@ -379,6 +382,7 @@ def _action_command(spec: ActionSpec) -> Callable[..., None]:
     command.__doc__ = (
         f"{text.strip()}\n\nInput fields: {fields}. Role: {spec.role.value}."
         + (" Destructive: needs --yes." if spec.destructive else "")
+        + (f" Destructive {spec.destructive_note}: then needs --yes." if spec.destructive_note else "")
         + f"\n\nExample: [bold]diskci platform {spec.name} --data '{example}'[/]"
     )
     command.__name__ = spec.name

@@ -108,6 +108,14 @@ class ActionSpec:
     description: str
     read_only: bool
     preview: PreviewFunc | None = None
+    # For an action destructive only in some states: says whether this call is (read-only check).
+    destructive_when: Callable[[ActionContext, Any], bool] | None = None
+    destructive_note: str = ""
+
+    @property
+    def may_destroy(self) -> bool:
+        """Whether a call can need a confirmation: always destructive, or in some states."""
+        return self.destructive or self.destructive_when is not None
 
 
 _CATALOG: dict[str, ActionSpec] = {}
@@ -126,11 +134,17 @@ def action(
     destructive: bool = False,
     read_only: bool = False,
     preview: Callable[[ActionContext, In], dict[str, Any]] | None = None,
+    destructive_when: Callable[[ActionContext, In], bool] | None = None,
+    destructive_note: str = "",
 ) -> Callable[[Callable[[ActionContext, In], Out]], Callable[[ActionContext, In], Out]]:
     """Register ``func`` as the action ``name``; its docstring is the help text (first line: summary).
 
     ``preview`` (for a destructive action) names the objects a call would affect, which every adapter
-    shows before asking for the confirmation (``preview_action``)."""
+    shows before asking for the confirmation (``preview_action``). ``destructive_when`` makes an action
+    destructive only in some states (``destructive_note`` says which): a call needs a confirmation when
+    it answers true, checked again inside the action's own transaction."""
+    if destructive and destructive_when is not None:
+        raise ValueError(f"{name}: destructive always, or destructive_when; not both")
 
     def decorate(func: Callable[[ActionContext, In], Out]) -> Callable[[ActionContext, In], Out]:
         if name in _CATALOG and _CATALOG[name].func is not func:
@@ -148,6 +162,8 @@ def action(
             description=doc,
             read_only=read_only,
             preview=preview,
+            destructive_when=destructive_when,
+            destructive_note=destructive_note,
         )
         return func
 
@@ -296,6 +312,38 @@ def preview_action(
         raise DatabaseUnavailable(f"{name}: the database is unavailable: {exc.orig}") from exc
 
 
+def confirmation_needed(
+    name: str,
+    data: BaseModel | Mapping[str, Any] | None,
+    *,
+    database: Database,
+    settings: PlatformSettings,
+    actor: str,
+    role: Role,
+    ports: Ports | None = None,
+) -> bool:
+    """Whether this call of ``name`` must be confirmed: a destructive action always; one destructive
+    only in some states when its ``destructive_when`` says so now (read-only; ``invoke()`` checks again)."""
+    spec = get_action(name)
+    if spec.destructive or spec.destructive_when is None:
+        return spec.destructive
+    check_role(spec, role)
+    payload = parse_input(spec, data)
+    try:
+        with database.read_session() as session:
+            ctx = ActionContext(
+                session=session,
+                settings=settings,
+                actor=actor,
+                role=role,
+                database=database,
+                ports=ports or Ports(),
+            )
+            return spec.destructive_when(ctx, payload)
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"{name}: the database is unavailable: {exc.orig}") from exc
+
+
 def invoke(
     name: str,
     data: BaseModel | Mapping[str, Any] | None,
@@ -310,7 +358,8 @@ def invoke(
     """Run one action as ``actor`` with ``role``: authorize, validate, confirm, run, commit once.
 
     A destructive action needs ``confirmed=True`` (the adapter's confirmation: ``--yes`` on the CLI),
-    else ``ConfirmationRequired``. ``ports`` are what the action may reach outside the database.
+    else ``ConfirmationRequired``; so does one destructive only in some states, when it is in one.
+    ``ports`` are what the action may reach outside the database.
     """
     spec = get_action(name)
     check_role(spec, role)
@@ -326,6 +375,8 @@ def invoke(
                 database=database,
                 ports=ports or Ports(),
             )
+            if spec.destructive_when is not None and not confirmed and spec.destructive_when(ctx, payload):
+                raise ConfirmationRequired(spec.name)  # checked in the transaction that would change it
             result = spec.func(ctx, payload)
             if not isinstance(result, spec.output_model):
                 raise TypeError(f"{name} returned {type(result).__name__}, not {spec.output_model.__name__}")

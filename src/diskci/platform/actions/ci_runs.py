@@ -453,10 +453,18 @@ class CancelRunOutput(ActionModel):
     cancelled_jobs: list[str] = Field(description="the jobs that were not finished and are now cancelled")
 
 
+def _check_cancellable(run: CiRun) -> None:
+    if run.status == CiStatus.COMPLETED.value:
+        raise RunAlreadyCompleted(
+            f"CI run {run.id} is already completed ({run.conclusion}): nothing to cancel"
+        )
+
+
 def preview_cancel_disk_image_ci_run(ctx: ActionContext, data: GetRunInput) -> dict[str, object]:
-    """What cancelling the run would affect: the run and its unfinished jobs (with their workers); a
-    completed run has none (the confirmed call is refused: RunAlreadyCompleted)."""
+    """What cancelling the run would affect: the run and its unfinished jobs (with their workers). A
+    completed run is refused here, before any confirmation is asked (RunAlreadyCompleted)."""
     run = _run(ctx, data.run_id)
+    _check_cancellable(run)
     return {
         "run": {
             "run_id": run.id,
@@ -491,10 +499,7 @@ def system_cancel_disk_image_ci_run(ctx: ActionContext, data: GetRunInput) -> Ca
     Example: {"run_id": 12}
     """
     run = _run(ctx, data.run_id)
-    if run.status == CiStatus.COMPLETED.value:
-        raise RunAlreadyCompleted(
-            f"CI run {run.id} is already completed ({run.conclusion}): nothing to cancel"
-        )
+    _check_cancellable(run)
     cancelled = scheduler.cancel_run(ctx.session, run, now=ctx.now)
     record_event(
         ctx.session,

@@ -2,12 +2,15 @@
 
 The secret is shown once, when provisioned; the database keeps it encrypted (``diskci.platform.secrets``)
 with a public fingerprint. Provisioning again rotates it: the previous secret stays valid for
-``settings.webhook_grace_seconds`` so deliveries signed just before the rotation still arrive.
+``settings.webhook_grace_seconds`` so deliveries signed just before the rotation still arrive. Rotating
+again inside that window is destructive (the previous secret stops working at once): it is confirmed
+like any destructive action, its preview naming the secret that would stop working.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import Field
 from sqlalchemy import select
@@ -66,7 +69,56 @@ class ProvisionWebhookOutput(ActionModel):
     previous_valid_until: datetime | None
 
 
-@action("provision_disk_image_webhook", ProvisionWebhookInput, ProvisionWebhookOutput, Role.ADMIN)
+def _in_grace(ctx: ActionContext, webhook: DiskImageWebhook | None) -> bool:
+    return (
+        webhook is not None
+        and webhook.previous_secret_encrypted is not None
+        and webhook.previous_valid_until is not None
+        and ctx.now < webhook.previous_valid_until
+    )
+
+
+def rotation_drops_a_secret(ctx: ActionContext, data: ProvisionWebhookInput) -> bool:
+    """A rotation while the previous secret is still in its grace window ends that secret at once."""
+    return _in_grace(ctx, webhook_for(ctx.session, get_platform(ctx.session, data.platform).name))
+
+
+def preview_provision_disk_image_webhook(ctx: ActionContext, data: ProvisionWebhookInput) -> dict[str, Any]:
+    """What provisioning would change: the secret that becomes previous, and the one that stops working."""
+    platform = get_platform(ctx.session, data.platform)
+    webhook = webhook_for(ctx.session, platform.name)
+    if webhook is None:
+        return {"platform": platform.name, "creates": "the platform's first webhook secret"}
+    out: dict[str, Any] = {
+        "platform": platform.name,
+        "becomes_previous": {
+            "fingerprint": webhook.secret_fingerprint,
+            "valid_until": (ctx.now + timedelta(seconds=ctx.settings.webhook_grace_seconds)).isoformat(),
+        },
+    }
+    if _in_grace(ctx, webhook):
+        assert webhook.previous_valid_until is not None
+        out["stops_working_now"] = {
+            "fingerprint": fingerprint(
+                ctx.box.decrypt(webhook.previous_secret_encrypted or "", purpose=secret_purpose(platform.id))
+            ),
+            "was_valid_until": webhook.previous_valid_until.isoformat(),
+            "why": "it is the previous secret, still in its grace window: deliveries signed with it "
+            "are refused from now on",
+        }
+    return out
+
+
+@action(
+    "provision_disk_image_webhook",
+    ProvisionWebhookInput,
+    ProvisionWebhookOutput,
+    Role.ADMIN,
+    preview=preview_provision_disk_image_webhook,
+    destructive_when=rotation_drops_a_secret,
+    destructive_note="when it rotates a secret whose previous one is still in its grace window "
+    "(that one stops working at once)",
+)
 def provision_disk_image_webhook(ctx: ActionContext, data: ProvisionWebhookInput) -> ProvisionWebhookOutput:
     """Create a platform's webhook secret, or rotate it (the previous one stays valid for a grace window).
 

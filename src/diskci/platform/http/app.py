@@ -39,6 +39,7 @@ from diskci.platform.actions.catalog import (
     ConfirmationRequired,
     DatabaseUnavailable,
     check_role,
+    confirmation_needed,
     invoke,
     load_all,
     preview_action,
@@ -180,7 +181,21 @@ def _action_endpoint(spec: ActionSpec) -> Callable[..., Coroutine[Any, Any, Any]
     async def endpoint(request: Request, principal: Principal) -> Any:
         data = parse_json_object(await request.body(), what=spec.name)
         actor = principal.actor
-        if spec.destructive:
+        needed = spec.destructive or (
+            spec.may_destroy
+            and await run_in_threadpool(
+                lambda: confirmation_needed(
+                    spec.name,
+                    data,
+                    database=request.app.state.database,
+                    settings=request.app.state.settings,
+                    actor=actor,
+                    role=principal.role,
+                    ports=request.app.state.ports,
+                )
+            )
+        )
+        if needed:
             confirmed = await run_in_threadpool(_confirm, spec, request, data, actor, principal)
             if isinstance(confirmed, JSONResponse):
                 return confirmed
@@ -193,7 +208,7 @@ def _action_endpoint(spec: ActionSpec) -> Callable[..., Coroutine[Any, Any, Any]
             settings=request.app.state.settings,
             actor=actor,
             role=principal.role,
-            confirmed=spec.destructive,  # redeemed above
+            confirmed=needed,  # redeemed above
             ports=request.app.state.ports,
         )
 
@@ -235,7 +250,10 @@ def add_action_routes(app: FastAPI) -> None:
         }
         description = f"{spec.description}\n\nRole: **{spec.role.value}** or higher."
         responses = ACTION_ERROR_RESPONSES
-        if spec.destructive:
+        if spec.destructive_note:
+            extra["x-diskci-destructive-when"] = spec.destructive_note
+            description += f"\n\nDestructive {spec.destructive_note}."
+        if spec.may_destroy:
             description += f"\n\n{DESTRUCTIVE_NOTE}"
             extra["parameters"] = [CONFIRMATION_PARAMETER]
             responses = DESTRUCTIVE_RESPONSES

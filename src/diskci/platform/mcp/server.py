@@ -59,6 +59,7 @@ from diskci.platform.actions.catalog import (
     ActionModel,
     ActionSpec,
     ConfirmationRequired,
+    confirmation_needed,
     get_action,
     invoke,
     load_all,
@@ -124,10 +125,12 @@ _REFUSALS = {"decline": "declined", "cancel": "cancelled", "accept": "declined"}
 
 
 class _NotAsked:
-    """A resolver's answer when nothing was asked: the client cannot elicit, or the call is invalid."""
+    """A resolver's answer when nothing was asked: the client cannot elicit, the call is invalid, or
+    (``direct``) this call of an action destructive only in some states needs no confirmation now."""
 
-    def __init__(self, error: DiskciError | None = None) -> None:
+    def __init__(self, error: DiskciError | None = None, *, direct: bool = False) -> None:
         self.error = error
+        self.direct = direct
 
 
 # ---- results ---------------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def _ok(result: BaseModel) -> CallToolResult:
 def _annotations(spec: ActionSpec) -> ToolAnnotations:
     return ToolAnnotations(
         readOnlyHint=spec.read_only,
-        destructiveHint=spec.destructive,
+        destructiveHint=spec.may_destroy,
         # A read is idempotent; a change is not assumed to be (creating twice is a conflict).
         idempotentHint=spec.read_only,
         openWorldHint=False,
@@ -172,9 +175,10 @@ def _annotations(spec: ActionSpec) -> ToolAnnotations:
 
 def _description(spec: ActionSpec) -> str:
     text = f"{spec.description}\n\nRole: {spec.role.value} or higher."
-    if spec.destructive:
+    if spec.may_destroy:
+        when = f" {spec.destructive_note}" if spec.destructive_note else ""
         text += (
-            "\n\nDestructive: the first call does nothing; it asks the operator, or answers "
+            f"\n\nDestructive{when}: such a call does nothing at first; it asks the operator, or answers "
             f"ConfirmationRequired with a confirmation_id for {REQUEST_CONFIRMATION}."
         )
     return text
@@ -290,8 +294,22 @@ class DiskciMcp:
             )
         )
 
+    async def _needed(self, spec: ActionSpec, checked: dict[str, Any], caller: Caller) -> bool:
+        """Whether this call must be confirmed (always for a destructive action; by state otherwise)."""
+        return await anyio.to_thread.run_sync(
+            lambda: confirmation_needed(
+                spec.name,
+                checked,
+                database=self.database,
+                settings=self.settings,
+                actor=caller.actor,
+                role=caller.role,
+                ports=self.ports,
+            )
+        )
+
     def action_tool(self, spec: ActionSpec) -> Tool:
-        if spec.destructive:
+        if spec.may_destroy:
             return self._destructive_tool(spec)
 
         async def run(ctx: Context[Any, Any], arguments: dict[str, Any]) -> CallToolResult:
@@ -311,6 +329,8 @@ class DiskciMcp:
             try:
                 caller = await self.caller(ctx)
                 checked = await anyio.to_thread.run_sync(self._check, spec, caller, arguments)
+                if not await self._needed(spec, checked, caller):
+                    return _NotAsked(direct=True)
                 capabilities = ctx.client_capabilities if ctx._request_context is not None else None
                 elicitation = capabilities.elicitation if capabilities is not None else None
                 if elicitation is None or (elicitation.form is None and elicitation.url is not None):
@@ -329,6 +349,8 @@ class DiskciMcp:
             except DiskciError as exc:
                 return error_result(exc)
             outcome = answer.data if isinstance(answer, AcceptedElicitation) else answer
+            if isinstance(outcome, _NotAsked) and outcome.direct:
+                return await self.invoke(spec, checked, caller, confirmed=False)
             if isinstance(outcome, _NotAsked):
                 return await self._pending(spec, checked, caller)
             accepted = isinstance(outcome, Confirm) and outcome.confirm
@@ -393,7 +415,7 @@ class DiskciMcp:
                 caller = await self.caller(ctx)
                 request = _strict(RequestConfirmationInput, arguments, REQUEST_CONFIRMATION)
                 spec = get_action(request.action)
-                if not spec.destructive:
+                if not spec.may_destroy:
                     raise InvalidRequest(f"{spec.name} is not destructive: call it directly")
                 checked = await anyio.to_thread.run_sync(self._check, spec, caller, request.arguments)
                 await anyio.to_thread.run_sync(
@@ -503,13 +525,13 @@ class DiskciMcp:
     def visible(self, role: Role) -> set[str]:
         """The tools a caller with ``role`` sees."""
         names = {s.name for s in self.specs if role.allows(s.role)}
-        if any(s.destructive for s in self.specs if s.name in names):
+        if any(s.may_destroy for s in self.specs if s.name in names):
             names.add(REQUEST_CONFIRMATION)
         return names
 
     def build(self) -> MCPServer[Any]:
         tools = [self.action_tool(spec) for spec in self.specs]
-        if any(s.destructive for s in self.specs):
+        if any(s.may_destroy for s in self.specs):
             tools.append(self.request_confirmation_tool())
         server: MCPServer[Any] = MCPServer(
             SERVER_NAME,
