@@ -31,7 +31,6 @@ def test_invoke_refuses_an_unconfirmed_destructive_action(
     assert _revoke(platform_db, platform_settings, confirmed=True).revoked_at is not None
 
 
-@pytest.mark.filterwarnings("ignore:Duplicate Operation ID:UserWarning")  # the netboot GET+HEAD route
 def test_http_destructive_route_documents_the_two_steps(platform_app: Any) -> None:
     routes = {r.path: r for r in platform_app.routes if hasattr(r, "description")}
     revoke = routes["/api/v1/system_revoke_api_token"]

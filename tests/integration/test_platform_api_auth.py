@@ -128,7 +128,6 @@ def test_error_shape(platform_client: Any, admin_headers: dict[str, str]) -> Non
     assert r.status_code == 400 and r.json()["error"] == "InvalidRequest"
 
 
-@pytest.mark.filterwarnings("ignore:Duplicate Operation ID:UserWarning")  # the netboot GET+HEAD route
 def test_openapi_lists_every_action(platform_client: Any) -> None:
     doc = platform_client.get("/api/v1/openapi.json").json()
     for name, spec in load_all().items():

@@ -12,6 +12,7 @@ import signal
 import socket
 import stat
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -324,6 +325,26 @@ def test_odd_webhook_bodies_are_a_4xx(client: Any, raw: bytes) -> None:
 def test_unknown_routes_and_methods_answer_in_the_error_shape(client: Any) -> None:
     assert_error(client.get("/no/such/route"), 404, "NotFound")
     assert_error(client.post("/ipxe"), 405, "MethodNotAllowed")
+    assert_error(client.get("/api/v1/system_list_node_platforms"), 405, "MethodNotAllowed")
+    assert_error(client.post("/api/v1/no_such_action"), 404, "NotFound")
+    assert_error(client.get("/netboot/not-a-number/amd64/vmlinuz"), 400, "InvalidRequest")
+
+
+def test_the_openapi_document_lists_the_real_error_responses(client: Any) -> None:
+    """Bad input answers 400 in the one error shape, never FastAPI's 422, and the document says so;
+    every operation has its own id (the netboot GET and HEAD routes included)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI warns of a duplicate operation id
+        doc = client.get("/api/v1/openapi.json").json()
+    operations = [op for item in doc["paths"].values() for op in item.values()]
+    ids = [op["operationId"] for op in operations]
+    assert len(ids) == len(set(ids))
+    assert all("422" not in op["responses"] for op in operations)
+    assert "HTTPValidationError" not in doc["components"]["schemas"]
+    artifact = doc["paths"]["/netboot/{publication}/{arch}/{artifact}"]
+    assert "400" in artifact["get"]["responses"] and "404" in artifact["get"]["responses"]
+    action = doc["paths"]["/api/v1/system_create_node_platform"]["post"]["responses"]
+    assert {"400", "401", "403", "409", "413"} <= set(action)
 
 
 # --- 3. iPXE scripts: nothing from the request is interpreted ----------------------------------

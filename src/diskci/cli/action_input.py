@@ -42,6 +42,21 @@ def convert_assignment(model: type[BaseModel] | None, key: str, raw: str) -> Any
     return to_jsonable_python(value)
 
 
+def _read_data_file(name: str) -> str:
+    if not name:
+        raise UsageError("--data @: name the file after the @ (--data @input.json)")
+    try:
+        return Path(name).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"--data @{name}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"--data @{name}: is a directory, not a JSON file") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--data @{name}: not UTF-8 text (at byte {exc.start})") from None
+    except OSError as exc:
+        raise UsageError(f"--data @{name}: cannot read: {exc.strerror}") from None
+
+
 def parse_action_input(
     data: str | None, assignments: list[str], model: type[BaseModel] | None = None
 ) -> dict[str, Any]:
@@ -53,13 +68,14 @@ def parse_action_input(
         if data == "-":
             text = sys.stdin.read()
         elif data.startswith("@"):
-            text = Path(data[1:]).read_text()
+            text = _read_data_file(data[1:])
         else:
             text = data
         try:
             loaded = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise UsageError(f"--data is not JSON: {exc}") from exc
+            where = f" ({data})" if data.startswith("@") else ""
+            raise UsageError(f"--data{where} is not JSON: {exc}") from exc
         if not isinstance(loaded, dict):
             raise UsageError("--data must be a JSON object")
         values.update(loaded)

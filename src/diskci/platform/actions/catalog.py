@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 from pydantic_core import PydanticSerializationError, to_json
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -58,6 +58,16 @@ def _as_utc(value: datetime) -> datetime:
 
 # A time in an action's input: a naive time is taken as UTC.
 UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]
+
+Item = TypeVar("Item")
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# A list filter that also takes one value: {"status": "published"} is {"status": ["published"]}.
+OneOrMany = Annotated[list[Item], BeforeValidator(_one_or_many)]
 
 
 class ActionModel(BaseModel):
@@ -221,7 +231,8 @@ def validation_detail(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-        lines.append(f"{loc}: {err['msg']}")
+        message = err["msg"].removeprefix("Value error, ")  # a field rule's own text says it all
+        lines.append(f"{loc}: {message}")
     return "; ".join(lines)
 
 

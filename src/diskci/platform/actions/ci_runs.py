@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, InvalidRequest, NotFound
-from diskci.platform.actions.catalog import ActionContext, ActionModel, action
+from diskci.platform.actions.catalog import ActionContext, ActionModel, OneOrMany, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import PlatformNotFound, get_platform
 from diskci.platform.ci import scheduler, triggers
@@ -235,7 +235,7 @@ RunStatusName = Literal["queued", "waiting", "in_progress", "completed"]
 
 class ListRunsInput(ActionModel):
     node_platform: str | None = Field(default=None, description="Only the runs of this node platform.")
-    status: list[RunStatusName] | None = Field(default=None, description="Only runs in these statuses.")
+    status: OneOrMany[RunStatusName] | None = Field(default=None, description="Only runs in these statuses.")
     limit: int = Field(default=50, ge=1, le=500)
     before_id: int | None = Field(
         default=None, ge=1, description="Only runs older than this run_id (the last answer's next_before_id)."

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from diskci.errors import NotFound
-from diskci.platform.actions.catalog import ActionContext, ActionModel, UtcDatetime, action
+from diskci.platform.actions.catalog import ActionContext, ActionModel, OneOrMany, UtcDatetime, action
 from diskci.platform.db.models import Event, NodePlatform, Role, Task, utcnow
+from diskci.platform.event_types import EVENT_TYPES
 
 
 class TaskNotFound(NotFound):
@@ -42,6 +43,15 @@ def record_event(
     return event
 
 
+def _known_event_type(name: str) -> str:
+    if name not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {name!r} (known: {', '.join(sorted(EVENT_TYPES))})")
+    return name
+
+
+EventTypeName = Annotated[str, AfterValidator(_known_event_type)]
+
+
 class EventOut(ActionModel):
     id: int
     type: str
@@ -65,9 +75,11 @@ class EventOut(ActionModel):
 
 
 class ListEventsInput(ActionModel):
-    type: list[str] | None = Field(default=None, description="Only these event types.")
+    type: OneOrMany[EventTypeName] | None = Field(
+        default=None, description="Only these event types (the types the platform records)."
+    )
     platform: str | None = Field(default=None, description="Only events of this node platform.")
-    reason: list[str] | None = Field(default=None, description="Only events with these reasons.")
+    reason: OneOrMany[str] | None = Field(default=None, description="Only events with these reasons.")
     since: UtcDatetime | None = Field(default=None, description="Only events at or after this time.")
     until: UtcDatetime | None = Field(default=None, description="Only events before this time.")
     limit: int = Field(default=100, ge=1, le=1000)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 from sqlalchemy import func, select
 
 from diskci.errors import Conflict, InvalidRequest
@@ -118,9 +118,23 @@ def system_register_node_instance(ctx: ActionContext, data: RegisterNodeInstance
     return NodeInstanceOut.of(node)
 
 
+def _known_node_status(status: str) -> str:
+    if status not in node_statuses():
+        raise ValueError(f"unknown node status {status!r} (known: {', '.join(node_statuses())})")
+    return status
+
+
+def node_statuses() -> tuple[str, ...]:
+    """What a NodeInstance's status can be: registered, a boot report's status, a CI worker's status."""
+    from diskci.platform.services.netboot import REPORT_STATUSES
+    from diskci.platform.services.worker_lifecycle import InstanceStatus
+
+    return ("registered", *sorted(REPORT_STATUSES), *(s.value for s in InstanceStatus))
+
+
 class ListNodeInstancesInput(ActionModel):
     platform: str | None = None
-    status: str | None = None
+    status: Annotated[str, AfterValidator(_known_node_status)] | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     offset: int = Field(default=0, ge=0)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -98,6 +100,25 @@ def check_trusted_root(text: str | None) -> str | None:
     return text
 
 
+def _field_rule(check: Callable[[str], str]) -> AfterValidator:
+    """``check`` as a field validator: its refusal becomes the field's validation error, so one call
+    with several bad fields hears of every one of them (pydantic collects them all)."""
+
+    def run(value: str) -> str:
+        try:
+            return check(value)
+        except InvalidPlatform as exc:
+            raise ValueError(exc.diagnostics().replace("\n", " ")) from None
+
+    return AfterValidator(run)
+
+
+RegistryRepository = Annotated[str, _field_rule(check_registry_repository)]
+IdentityRegexp = Annotated[str, _field_rule(check_identity_regexp)]
+OidcIssuer = Annotated[str, _field_rule(check_issuer)]
+TrustedRootText = Annotated[str, _field_rule(lambda text: check_trusted_root(text) or text)]
+
+
 class NodePlatformOut(ActionModel):
     name: str
     description: str
@@ -139,12 +160,16 @@ class NodePlatformOut(ActionModel):
 class CreateNodePlatformInput(ActionModel):
     name: str = Field(pattern=NAME_PATTERN, description="e.g. debian-12-amd64")
     architectures: list[Architecture] = Field(min_length=1)
-    registry_repository: str = Field(
+    registry_repository: RegistryRepository = Field(
         description="Reference prefix: 127.0.0.1:5000/ops/disk-images/debian-12-amd64 or oci-layout:/path"
     )
-    cosign_identity_regexp: str = Field(description="Anchored regexp the signer's identity must match.")
-    cosign_oidc_issuer: str = Field(description="The OIDC issuer the signing certificate must name.")
-    trusted_root: str | None = Field(default=None, description="sigstore TrustedRoot JSON (text).")
+    cosign_identity_regexp: IdentityRegexp = Field(
+        description="Anchored regexp the signer's identity must match."
+    )
+    cosign_oidc_issuer: OidcIssuer = Field(description="The OIDC issuer the signing certificate must name.")
+    trusted_root: TrustedRootText | None = Field(
+        default=None, description="sigstore TrustedRoot JSON (text)."
+    )
     description: str = ""
     retention_routine_days: int = Field(default=90, ge=1, le=36500)
     retention_critical_days: int = Field(default=365, ge=1, le=36500)
@@ -164,10 +189,10 @@ def system_create_node_platform(ctx: ActionContext, data: CreateNodePlatformInpu
         name=data.name,
         description=data.description,
         architectures=sorted({a.value for a in data.architectures}),
-        registry_repository=check_registry_repository(data.registry_repository),
-        cosign_identity_regexp=check_identity_regexp(data.cosign_identity_regexp),
-        cosign_oidc_issuer=check_issuer(data.cosign_oidc_issuer),
-        trusted_root=check_trusted_root(data.trusted_root),
+        registry_repository=data.registry_repository,  # each checked by its field's type
+        cosign_identity_regexp=data.cosign_identity_regexp,
+        cosign_oidc_issuer=data.cosign_oidc_issuer,
+        trusted_root=data.trusted_root,
         retention_routine_days=data.retention_routine_days,
         retention_critical_days=data.retention_critical_days,
         created_at=ctx.now,
@@ -188,10 +213,10 @@ def system_create_node_platform(ctx: ActionContext, data: CreateNodePlatformInpu
 class UpdateNodePlatformInput(ActionModel):
     name: str = Field(description="The platform to change.")
     architectures: list[Architecture] | None = Field(default=None, min_length=1)
-    registry_repository: str | None = None
-    cosign_identity_regexp: str | None = None
-    cosign_oidc_issuer: str | None = None
-    trusted_root: str | None = None
+    registry_repository: RegistryRepository | None = None
+    cosign_identity_regexp: IdentityRegexp | None = None
+    cosign_oidc_issuer: OidcIssuer | None = None
+    trusted_root: TrustedRootText | None = None
     clear_trusted_root: bool = Field(default=False, description="Use the embedded authority's root again.")
     description: str | None = None
 
@@ -208,18 +233,18 @@ def system_update_node_platform(ctx: ActionContext, data: UpdateNodePlatformInpu
         platform.architectures = sorted({a.value for a in data.architectures})
         changed.append("architectures")
     if data.registry_repository is not None:
-        platform.registry_repository = check_registry_repository(data.registry_repository)
+        platform.registry_repository = data.registry_repository
         changed.append("registry_repository")
     if data.cosign_identity_regexp is not None:
-        platform.cosign_identity_regexp = check_identity_regexp(data.cosign_identity_regexp)
+        platform.cosign_identity_regexp = data.cosign_identity_regexp
         changed.append("cosign_identity_regexp")
     if data.cosign_oidc_issuer is not None:
-        platform.cosign_oidc_issuer = check_issuer(data.cosign_oidc_issuer)
+        platform.cosign_oidc_issuer = data.cosign_oidc_issuer
         changed.append("cosign_oidc_issuer")
     if data.clear_trusted_root and data.trusted_root is not None:
         raise InvalidPlatform("give either trusted_root or clear_trusted_root, not both")
     if data.trusted_root is not None or data.clear_trusted_root:
-        platform.trusted_root = check_trusted_root(data.trusted_root)
+        platform.trusted_root = data.trusted_root
         changed.append("trusted_root")
     if data.description is not None:
         platform.description = data.description

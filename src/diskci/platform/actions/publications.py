@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from diskci.errors import Conflict, NotFound
-from diskci.platform.actions.catalog import ActionContext, ActionModel, UtcDatetime, action
+from diskci.platform.actions.catalog import ActionContext, ActionModel, OneOrMany, UtcDatetime, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
 from diskci.platform.db.models import DiskImagePublication, NodePlatform, PublicationStatus, Role
@@ -78,7 +78,7 @@ class PublicationOut(ActionModel):
 
 class ListPublicationsInput(ActionModel):
     platform: str | None = None
-    status: list[StatusName] | None = None
+    status: OneOrMany[StatusName] | None = None
     critical: bool | None = None
     version: str | None = None
     created_after: UtcDatetime | None = None

@@ -272,6 +272,23 @@ def add_action_routes(app: FastAPI) -> None:
     _document_schemas(app, schemas)
 
 
+def _no_validation_422(doc: dict[str, Any]) -> None:
+    """Bad parameters answer 400 in the one error shape (``_validation_error``), never FastAPI's 422:
+    the document says so, on every route FastAPI documented a 422 for."""
+    bad_request = {
+        "description": "a parameter or the body is invalid (the detail names it)",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
+    }
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {}) if isinstance(operation, dict) else {}
+            if responses.pop("422", None) is not None:
+                responses.setdefault("400", bad_request)
+    schemas = doc.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+
+
 def _document_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
     """Add the action inputs' schemas to the OpenAPI components (FastAPI sees no body parameter)."""
     generate = app.openapi
@@ -282,6 +299,7 @@ def _document_schemas(app: FastAPI, schemas: dict[str, Any]) -> None:
             known = doc.setdefault("components", {}).setdefault("schemas", {})
             for name, schema in schemas.items():
                 known.setdefault(name, schema)
+            _no_validation_422(doc)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]
