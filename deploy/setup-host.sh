@@ -15,6 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "setup: installing ${#missing[@]} Debian package(s): ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # cloud-init is here for its schema check of workers' user-data only: it must never act on this host
+  mkdir -p /etc/cloud && touch /etc/cloud/cloud-init.disabled
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi

@@ -37,12 +37,22 @@ checks that this drawing and the classes agree:
     ├── RegistryError                OCI registry or layout problems
     ├── NotifyError                  webhook delivery failed
     ├── RunnerCallFailed             (runner.client) a runner protocol call answered an error, or unreachable
+    ├── RemoteActionFailed           (cli.remote_actions) --url names no reachable platform API
     ├── BootTimeout                  (qemu) the awaited console line did not come; the console tail
     ├── DemoError                    (demo) a step of ``diskci demo`` did not do what it should
     └── PlatformError                control-plane errors; each carries its HTTP status (500 by default)
         ├── BodyTooLarge             (platform.http.limits) 413
         ├── DatabaseUnavailable      (platform.actions.catalog) 503
         ├── DuplicateAction          (platform.actions.catalog) an action name registered twice
+        ├── GiteaBadAnswer           (platform.gitea.answers) 502: an answer Gitea's API does not document
+        ├── GiteaRefused             (platform.gitea.answers) 502: Gitea's 4xx, with its status and message
+        │   ├── GiteaInvalidRequest  (platform.gitea.answers) 400: Gitea refused the content (its 400/422)
+        │   ├── GiteaNotFound        (platform.gitea.answers) 404: repository, workflow, run, job or log
+        │   │   └── GiteaRunnerNotFound  (platform.gitea.answers) a runner Gitea no longer knows
+        │   └── GiteaTokenRefused    (platform.gitea.answers) Gitea's 401/403: diskci's token or its scopes
+        ├── GiteaUnavailable         (platform.gitea.answers) 503: unreachable, timed out, 5xx after retries
+        │   └── GiteaOutcomeUnknown  (platform.gitea.answers) a call not to repeat failed once sent
+        ├── GiteaUnsupported         (platform.gitea.answers) 501: this Gitea has no such endpoint (cancel)
         ├── PortUnavailable          (platform.ports) 503: the adapter was not given a port it needs
         ├── PreviewNotAvailable      (platform.actions.retention)
         ├── ProviderFailed           (platform.providers.base) 502: a compute provider could not do it
@@ -80,6 +90,7 @@ checks that this drawing and the classes agree:
         │   └── TokenExists          (platform.actions.tokens)
         ├── Unauthorized             401
         │   ├── BadSignature         (platform.http.webhooks)
+        │   ├── BadGiteaSignature    (platform.gitea.webhooks) a Gitea delivery not signed with its secret
         │   ├── BadPushSignature     (platform.http.ci_push) a push event not signed with the push secret
         │   ├── IdTokenRefused       (supplychain.id_token) an ID token the signing authority refuses
         │   ├── InvalidToken         (platform.actions.tokens)
@@ -108,6 +119,7 @@ checks that this drawing and the classes agree:
             ├── InvalidRunnerLabels  (platform.ci.runners)
             ├── InvalidWorkflow      (platform.ci.jobs) a workflow file that cannot be split into jobs
             ├── MalformedDelivery    (platform.http.webhooks)
+            ├── MalformedGiteaEvent  (platform.gitea.webhooks) a signed Gitea delivery that is not its event
             ├── MalformedPushEvent   (platform.http.ci_push) not a push event's JSON
             ├── NoDefaultPublication (platform.actions.publication_diff) nothing to diff from
             ├── PublicationOfAnotherPlatform  (platform.actions.publication_diff)

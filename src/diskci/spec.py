@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from diskci.bounded_yaml import load_bounded_yaml
 from diskci.canonical import canonical_json
 from diskci.errors import SpecError
 
@@ -198,6 +199,28 @@ def parse_spec(data: Any, source: str = "<spec>") -> PlatformSpec:
         raise SpecError(source, _problems(exc)) from None
 
 
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[str, str]:
+    """A YAML syntax error as (where, what): the line and column, what is wrong, what it was inside,
+    and the offending line with a caret under the column (PyYAML's own text names no file)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return ("(yaml)", " ".join(str(exc).split()))
+    mark = exc.problem_mark
+    what = exc.problem or "invalid YAML"
+    if exc.context:
+        context = exc.context
+        if exc.context_mark is not None and exc.context_mark.line != mark.line:
+            context += f" (from {_at(exc.context_mark)})"
+        what += f", {context}"
+    lines = text.splitlines()
+    if 0 <= mark.line < len(lines):
+        what += f"\n    {lines[mark.line]}\n    {' ' * mark.column}^"
+    return (f"(yaml) {_at(mark)}", what)
+
+
 def load_spec(path: Path) -> PlatformSpec:
     """Read and validate a YAML spec file; every problem is reported in one SpecError."""
     try:
@@ -207,9 +230,9 @@ def load_spec(path: Path) -> PlatformSpec:
     except UnicodeDecodeError as exc:
         raise SpecError(str(path), [("(file)", f"not UTF-8 text (at byte {exc.start})")]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_bounded_yaml(text)  # refuses an alias bomb before anything expands it
     except yaml.YAMLError as exc:
-        raise SpecError(str(path), [("(yaml)", str(exc).replace("\n", " "))]) from None
+        raise SpecError(str(path), [yaml_problem(exc, text)]) from None
     except (ValueError, RecursionError) as exc:  # a YAML value out of range (a date in year 0), too deep
         raise SpecError(str(path), [("(yaml)", f"unreadable value: {exc}")]) from None
     return parse_spec(data, str(path))

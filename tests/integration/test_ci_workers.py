@@ -322,7 +322,7 @@ def test_terminating_a_worker_mid_job_cancels_the_job_and_leaves_no_process(
         ({"provider_region_id": "mars-1"}, 400, ["provider_region_id", "'mars-1'", "choices: local"]),
         ({"provider_instance_type_id": "local.huge"}, 400, ["provider_instance_type_id", "local.small"]),
         ({"build_targets": ["amd64", "riscv64"]}, 400, ["build_targets", "'riscv64'", "amd64, arm64"]),
-        ({"provider": "ec9"}, 400, ["provider 'ec9'", "choices: local"]),
+        ({"provider": "ec9"}, 400, ["provider 'ec9'", "choices: ec2, local"]),
         ({"hostname": "not a host"}, 400, ["hostname", "not a host name"]),
         ({"node_platform": "nope"}, 404, ["nope"]),
         ({"build_targets": []}, 400, ["build_targets"]),

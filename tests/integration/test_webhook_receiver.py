@@ -431,3 +431,122 @@ def test_recovery_requeues_lost_and_expired_work_once(
     assert sorted(requeued) == sorted(ids[:2])
     assert recover_deliveries(platform_db, enqueue, lease_seconds=60, waiting=waiting) == []  # once
     assert sorted(enqueued) == sorted(ids[:2])
+
+
+def _fail_processing(platform_db: Database, tmp_path: Any, authority: Any, delivery: str) -> None:
+    """The delivery's processing as the queue consumer ends it after an unexpected exception on its
+    last attempt: the processor marks the publication ``failed`` with ``internal_error``, the Task is
+    ``failed``."""
+    from diskci.platform.services.blobcache import BlobCache
+    from diskci.platform.services.publication_processor import DiskImagePublicationProcessor
+
+    def broken_registry(_reference: Any) -> Any:  # a test double: the platform's own failure
+        raise RuntimeError("the registry client blew up")
+
+    processor = DiskImagePublicationProcessor(
+        database=platform_db,
+        blobs=BlobCache(tmp_path / "blobs"),
+        authority_dir=authority.directory,
+        registry=broken_registry,
+    )
+    with pytest.raises(RuntimeError, match="blew up"):
+        processor.process(delivery, final_attempt=True)
+    with platform_db.session() as s:
+        task = s.scalar(select(Task).where(Task.payload["delivery_id"].as_string() == delivery))
+        assert task is not None
+        task.status, task.finished_at, task.lease_expires_at = "failed", datetime.now(UTC), None
+
+
+def test_redelivery_after_an_internal_failure_is_requeued_once(
+    platform_client: Any,
+    secret: str,
+    platform_db: Database,
+    enqueued: list[str],
+    tmp_path: Any,
+    authority: Any,
+) -> None:
+    """Processing ended ``internal_error`` (the platform's failure, not the sender's): the sender's retry
+    with the same id is queued again, once; the processor then takes the failed row over."""
+    from diskci.platform.db.models import DiskImagePublication
+
+    body = json.dumps(payload()).encode()
+    delivery = str(uuid.uuid4())
+    first = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    assert first.status_code == 202, first.text
+    _fail_processing(platform_db, tmp_path, authority, delivery)
+    with platform_db.session() as s:
+        pub = s.scalar(select(DiskImagePublication))
+        assert pub is not None and (pub.status, pub.failure_reason) == ("failed", "internal_error")
+    again = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    assert again.status_code == 202, again.text
+    assert again.json()["task_id"] != first.json()["task_id"]
+    assert enqueued == [delivery, delivery]
+    with platform_db.session() as s:
+        statuses = {t.task_id: t.status for t in s.scalars(select(Task))}
+        row = s.scalar(select(WebhookDelivery))
+        assert row is not None and row.task_id == again.json()["task_id"]
+        assert s.scalar(select(func.count()).select_from(DiskImagePublication)) == 1
+    assert statuses == {first.json()["task_id"]: "failed", again.json()["task_id"]: "queued"}
+    third = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    expect(third, 409, "ReplayedDelivery", "is queued")
+    assert len(enqueued) == 2
+
+
+def test_redelivery_after_a_failed_check_stays_a_replay(
+    platform_client: Any,
+    secret: str,
+    platform_db: Database,
+    enqueued: list[str],
+    tmp_path: Any,
+    authority: Any,
+) -> None:
+    """A publication that failed a check (here: the signer's identity) is the sender's to fix with a
+    new build: the same delivery again is refused, nothing is queued."""
+    from diskci.platform.db.models import DiskImagePublication
+
+    body = json.dumps(payload()).encode()
+    delivery = str(uuid.uuid4())
+    assert (
+        platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery)).status_code
+        == 202
+    )
+    _fail_processing(platform_db, tmp_path, authority, delivery)
+    with platform_db.session() as s:
+        pub = s.scalar(select(DiskImagePublication))
+        assert pub is not None
+        pub.failure_reason = "identity_mismatch"
+    again = platform_client.post(URL, content=body, headers=headers(secret, body, delivery=delivery))
+    expect(again, 409, "ReplayedDelivery", "is failed")
+    assert enqueued == [delivery]
+
+
+def test_redelivery_after_an_internal_failure_while_the_queue_is_down_can_be_retried(
+    platform_settings: PlatformSettings, platform_db: Database, secret: str, tmp_path: Any, authority: Any
+) -> None:
+    """The re-queue meets a queue outage: 503, and the sender's next retry is re-queued."""
+    from fastapi.testclient import TestClient
+
+    from diskci.platform.http.app import create_app
+
+    calls: list[str] = []
+
+    def queue_down_on_the_second_call(delivery_id: str) -> str:  # a test double for the queue
+        calls.append(delivery_id)
+        if len(calls) == 2:
+            raise ConnectionError("redis down")
+        return f"task-{len(calls)}"
+
+    app = create_app(
+        platform_settings, database=platform_db, enqueue=queue_down_on_the_second_call, migrate=False
+    )
+    body = json.dumps(payload()).encode()
+    h = headers(secret, body)
+    with TestClient(app) as client:
+        assert client.post(URL, content=body, headers=h).status_code == 202
+        _fail_processing(platform_db, tmp_path, authority, h["webhook-id"])
+        expect(client.post(URL, content=body, headers=h), 503, "QueueUnavailable", "redis down")
+        r = client.post(URL, content=body, headers=h)
+    assert r.status_code == 202 and r.json()["task_id"] == "task-3", r.text
+    with platform_db.session() as s:
+        row = s.scalar(select(WebhookDelivery))
+        assert row is not None and row.task_id == "task-3"

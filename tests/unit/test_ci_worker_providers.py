@@ -32,13 +32,13 @@ def test_the_local_catalog_checks_region_and_type_naming_the_field_and_choices()
     small = local.instance_type("local", "local.small")
     assert 1 <= small.cpus <= (os.cpu_count() or 1) and small.memory_mib >= 1
     assert "not enforced" in small.description and "capped at what the host has" in small.description
-    with pytest.raises(UnknownRegion, match=r"provider_region_id 'eu-west-1'.*choices: local"):
+    with pytest.raises(UnknownRegion, match=r"provider_region_id 'eu-west-1'.*choices: local\)"):
         local.instance_type("eu-west-1", "local.small")
     with pytest.raises(
         UnknownInstanceType, match=r"provider_instance_type_id 't3.micro'.*local.small, local.large"
     ):
         local.instance_type("local", "t3.micro")
-    with pytest.raises(UnknownProvider, match=r"provider 'ec9'.*choices: local"):
+    with pytest.raises(UnknownProvider, match=r"provider 'ec9'.*choices: ec2, local"):
         catalog("ec9")
 
 

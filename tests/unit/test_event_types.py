@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import diskci
@@ -29,8 +30,13 @@ def _recorded_types() -> dict[str, str]:
                 target = node.targets[0]
                 label = target.id if isinstance(target, ast.Name) else ""
                 named = label == "event" or label.endswith("_EVENT") or label.startswith("EVENT_")
-                if named and isinstance(node.value, ast.Constant):
-                    values.append(node.value)
+                value = node.value
+                if (
+                    named
+                    and isinstance(value, ast.Constant)
+                    and re.fullmatch(r"[a-z][a-z0-9_]+", str(value.value))
+                ):
+                    values.append(value)  # an event type's shape (not EVENT_HEADER = "X-Gitea-Event")
             for value in values:
                 for const in ast.walk(value):
                     if isinstance(const, ast.Constant) and isinstance(const.value, str):

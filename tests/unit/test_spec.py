@@ -188,7 +188,7 @@ def test_yaml_and_file_errors(tmp_path: Path) -> None:
     bad.write_text("name: [unclosed\n")
     with pytest.raises(SpecError) as info:
         load_spec(bad)
-    assert info.value.problems[0][0] == "(yaml)"
+    assert info.value.problems[0][0].startswith("(yaml) line ")
     with pytest.raises(SpecError) as info:
         load_spec(tmp_path / "missing.yaml")
     assert info.value.problems[0][0] == "(file)"

@@ -1,8 +1,10 @@
-"""``diskci authority``: create and serve the embedded signing authority."""
+"""``diskci authority``: create, serve and audit the embedded signing authority, show and rotate its
+keys, and print the trusted root verifiers need."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -12,6 +14,10 @@ from diskci.errors import UsageError
 authority_app = typer.Typer(
     help="The embedded signing authority (CA + CT log key + transparency log).", no_args_is_help=True
 )
+keys_app = typer.Typer(help="The authority's keys: show them, rotate one.", no_args_is_help=True)
+log_app = typer.Typer(help="The authority's transparency log.", no_args_is_help=True)
+authority_app.add_typer(keys_app, name="keys")
+authority_app.add_typer(log_app, name="log")
 
 
 @authority_app.command("init")
@@ -74,6 +80,133 @@ def serve(
         )
     app = create_app(directory, oidc_issuers=oidc_issuer, audience=oidc_audience)
     uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@authority_app.command("trusted-root")
+def trusted_root(
+    directory: Path = typer.Argument(..., help="The authority directory."),
+    out: Path | None = typer.Option(None, "--out", help="Write it to this file instead of stdout."),
+) -> None:
+    """Print the trusted_root.json verifiers (and a node platform's trusted_root field) must trust.
+
+    It lists every intermediate CA and CT log key the authority has had, each with its validFor window.
+
+    Example: [bold]diskci authority trusted-root /var/lib/diskci/authority --out trusted_root.json[/]
+    """
+    import sys
+
+    from diskci.atomic import write_bytes
+    from diskci.supplychain.authority import SigningAuthority
+
+    data = SigningAuthority.open(directory).trusted_root_json()
+    if out is None:
+        sys.stdout.write(data.decode())
+    else:
+        write_bytes(out, data)
+        stdout.print(f"trusted root written to {out}")
+
+
+@keys_app.command("show")
+def keys_show(
+    directory: Path = typer.Argument(..., help="The authority directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Each key: kind, id (SHA-256 of its public key; a log's log ID), validity window, current or retired.
+
+    Example: [bold]diskci authority keys show /var/lib/diskci/authority[/]
+    """
+    from diskci.supplychain.authority import SigningAuthority
+    from diskci.supplychain.authority_keys import KIND_LABELS
+
+    ring = SigningAuthority.open(directory).ring
+    rows: list[dict[str, Any]] = [
+        {
+            "kind": key.kind,
+            "label": KIND_LABELS[key.kind],
+            "id": key.key_id,
+            "valid_from": key.valid_for()["start"],
+            "valid_until": key.valid_for().get("end"),
+            "status": "current" if key.current else "retired",
+        }
+        for kind in KIND_LABELS
+        for key in ring.of_kind(kind)
+    ]
+    if json_out:
+        print_json({"directory": str(directory), "keys": rows})
+        return
+    for row in rows:
+        until = row["valid_until"] or "(open)"
+        stdout.print(
+            f"{row['label']:<17} {row['id'][:16]}  {row['valid_from']} .. {until:<20}  {row['status']}",
+            soft_wrap=True,
+        )
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    directory: Path = typer.Argument(..., help="The authority directory."),
+    kind: str = typer.Option(..., "--kind", help="intermediate (the issuing CA) or ctlog (the CT log key)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Make a new key of KIND; the old one's validity window ends now, and it stays in trusted_root.json
+    so bundles signed before keep verifying. A running `authority serve` uses the new key from its next
+    request (no restart). The transparency log key is not rotated: a new log key is a new log.
+
+    Example: [bold]diskci authority keys rotate /var/lib/diskci/authority --kind intermediate[/]
+    """
+    from diskci.supplychain.authority import SigningAuthority
+
+    auth = SigningAuthority.open(directory)
+    retired, new = auth.rotate_key(kind)
+    result = {
+        "kind": kind,
+        "retired": {"id": retired.key_id, **retired.valid_for()},
+        "current": {"id": new.key_id, **new.valid_for()},
+        "trusted_root": str(auth.directory / "trusted_root.json"),
+    }
+    if json_out:
+        print_json(result)
+        return
+    stdout.print(f"{kind} key {retired.key_id[:16]} retired (valid until {retired.valid_for()['end']})")
+    stdout.print(f"{kind} key {new.key_id[:16]} current from {new.valid_for()['start']}")
+    stdout.print(f"verifiers need the new {result['trusted_root']} (it lists both)")
+
+
+@log_app.command("verify")
+def log_verify(
+    directory: Path = typer.Argument(..., help="The authority directory."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Audit the whole transparency log: every leaf, every acknowledged checkpoint consistent with the next.
+
+    Exits 0 with a summary, 1 naming the first inconsistency (which entry or checkpoint, what was expected).
+
+    Example: [bold]diskci authority log verify /var/lib/diskci/authority[/]
+    """
+    from diskci.supplychain.authority import SigningAuthority
+    from diskci.supplychain.log_audit import LogInconsistent, audit_log
+
+    auth = SigningAuthority.open(directory)
+    try:
+        audit = audit_log(auth.log)
+    except LogInconsistent as exc:
+        if json_out:
+            print_json({"ok": False, "entry": exc.entry, "error": exc.message, "expected": exc.expected})
+            raise typer.Exit(1) from None
+        raise
+    if json_out:
+        print_json({"log": str(auth.log.path), **audit.to_json()})
+        return
+    stdout.print(
+        f"{auth.log.path}: {audit.size} entries, {audit.tree_heads_checked} checkpoints checked, "
+        f"consistent; tree size {audit.size}, root {audit.root_hash}",
+        soft_wrap=True,
+    )
+    if audit.partial_tail_bytes:
+        stdout.print(
+            f"a partial last line ({audit.partial_tail_bytes} bytes, an append cut short and never "
+            "acknowledged) is dropped at the next append"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -1,5 +1,10 @@
 """``diskci platform``: run the control plane (serve, consume, migrate), manage API tokens, and call any
-action in-process against the database (``diskci platform <action> --data '{...}'``).
+action (``diskci platform <action> --data '{...}'``): in-process against the local database, or with
+``--url``/``--token`` (``DISKCI_URL``/``DISKCI_TOKEN``) over a platform's HTTP API with the token's role
+(``cli.remote_actions``). Both print the result alike (``cli.result_tables``).
+
+Only ``serve``, ``consume`` and ``migrate`` create a database; the other commands refuse one that does
+not exist (naming it, and how to create it) instead of answering from a new, empty one.
 
 Command-line overrides go into the one ``PlatformSettings`` each command builds and passes on (to the
 app, the task queue, the database); nothing is written to ``os.environ``."""
@@ -7,8 +12,9 @@ app, the task queue, the database); nothing is written to ``os.environ``."""
 from __future__ import annotations
 
 import getpass
-import json
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +22,9 @@ import typer
 
 from diskci.cli.action_input import parse_action_input
 from diskci.cli.output import print_json, stdout
+from diskci.cli.remote_actions import RemotePlatform, unconfirmed
+from diskci.cli.result_tables import print_result
+from diskci.console import interactive, stderr
 from diskci.errors import UsageError
 from diskci.platform.actions.catalog import (
     ActionSpec,
@@ -39,8 +48,20 @@ platform_app = typer.Typer(
 token_app = typer.Typer(help="API bearer tokens (admin, operator, viewer).", no_args_is_help=True)
 platform_app.add_typer(token_app, name="token")
 
+log = logging.getLogger("diskci.cli")
+
 StateDirOption = typer.Option(None, "--state-dir", help="State directory (default: $DISKCI_STATE_DIR).")
 DatabaseOption = typer.Option(None, "--database-url", help="Database URL (default: $DISKCI_DATABASE_URL).")
+UrlOption = typer.Option(
+    None,
+    "--url",
+    envvar="DISKCI_URL",
+    help="A platform's base URL: run over its HTTP API with the token's role (default: in-process).",
+)
+TokenOption = typer.Option(None, "--token", envvar="DISKCI_TOKEN", help="The API token for --url.")
+TokenFileOption = typer.Option(
+    None, "--token-file", envvar="DISKCI_TOKEN_FILE", help="A file holding the API token for --url."
+)
 
 
 def _settings(state_dir: Path | None, database_url: str | None, **more: Any) -> PlatformSettings:
@@ -52,11 +73,56 @@ def _settings(state_dir: Path | None, database_url: str | None, **more: Any) -> 
 
 
 def _database(settings: PlatformSettings) -> Database:
+    """The settings' database, created when missing and migrated (``serve``, ``consume``, ``migrate``)."""
     from diskci.platform.db.session import configure
 
     database = configure(settings.database_url)
     database.upgrade()
     return database
+
+
+def _existing_database(settings: PlatformSettings) -> Database:
+    """The settings' database, migrated; refused when it does not exist (creating one is ``migrate``'s
+    job: a new, empty database would answer every question with nothing)."""
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from diskci.platform.actions.catalog import DatabaseUnavailable
+    from diskci.platform.db.session import configure
+
+    url = make_url(settings.database_url)
+    shown = _redacted(settings.database_url)
+    in_state = settings.database_url == f"sqlite:///{settings.state_dir / 'platform.db'}"
+    flag = f"--state-dir {settings.state_dir}" if in_state else f"--database-url '{shown}'"
+    hint = (
+        f"Create it with: diskci platform migrate {flag}; or call a running platform instead:"
+        " --url URL --token TOKEN (DISKCI_URL, DISKCI_TOKEN)"
+    )
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        path = Path(url.database).expanduser()
+        if not path.is_file():
+            missing = settings.state_dir if in_state and not settings.state_dir.exists() else None
+            why = f"the state directory {missing} does not exist" if missing else "the file does not exist"
+            raise UsageError(f"no platform database at {path}: {why}", hint=hint)
+    database = configure(settings.database_url)
+    try:
+        migrated = inspect(database.engine).has_table("alembic_version")
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"the database {shown} is unavailable: {exc.orig}") from exc
+    if not migrated:
+        raise UsageError(f"the database {shown} holds no diskci platform schema", hint=hint)
+    database.upgrade()
+    _say_where(f"database {shown}")
+    return database
+
+
+def _say_where(what: str) -> None:
+    """Which platform a command works on: one line on stderr on a terminal, a debug line with -v."""
+    if interactive():
+        stderr.print(f"diskci platform: {what}", style="dim", markup=False, highlight=False)
+    else:
+        log.debug("diskci platform: %s", what)
 
 
 def _actor() -> str:
@@ -187,7 +253,7 @@ def mcp(
     from diskci.platform.tasks import TaskQueue
 
     settings = _settings(state_dir, database_url)
-    database = _database(settings)
+    database = _existing_database(settings)
     queue = TaskQueue(settings, database=database)
     ports = Ports(enqueue=queue.enqueue_publication, enqueue_worker=queue.enqueue_ci_worker_task)
     run_stdio(database=database, settings=settings, ports=ports, token_name=token_name, read_only=read_only)
@@ -208,34 +274,62 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+@dataclass(frozen=True)
+class Where:
+    """Where an action runs: the local database (``--state-dir``, ``--database-url``) or, with
+    ``--url``, a platform's HTTP API with the token of ``--token`` or ``--token-file``."""
+
+    state_dir: Path | None = None
+    database_url: str | None = None
+    url: str | None = None
+    token: str | None = None
+    token_file: Path | None = None
+
+    def remote(self) -> RemotePlatform | None:
+        platform = RemotePlatform.from_options(self.url, self.token, self.token_file)
+        if platform is not None and (self.state_dir is not None or self.database_url is not None):
+            raise UsageError(
+                "--state-dir and --database-url name a local platform; with --url the action runs on"
+                f" {platform.url}, on its own database: give one or the other"
+            )
+        return platform
+
+
 @token_app.command("create")
 def token_create(
     name: str = typer.Argument(..., help="A name for the token (who or what uses it)."),
     role: Role = typer.Option(Role.VIEWER, "--role", help="admin, operator or viewer."),
     state_dir: Path = StateDirOption,
     database_url: str = DatabaseOption,
+    url: str = UrlOption,
+    token: str = TokenOption,
+    token_file: Path = TokenFileOption,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Create an API bearer token; it is printed once.
 
     Example: [bold]diskci platform token create ops-alice --role operator[/]
     """
-    _run_action(
-        "system_create_api_token", {"name": name, "role": role.value}, json_out, state_dir, database_url
-    )
+    where = Where(state_dir, database_url, url, token, token_file)
+    _run_action("system_create_api_token", {"name": name, "role": role.value}, json_out, where)
 
 
 @token_app.command("list")
 def token_list(
     state_dir: Path = StateDirOption,
     database_url: str = DatabaseOption,
+    url: str = UrlOption,
+    token: str = TokenOption,
+    token_file: Path = TokenFileOption,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """List API tokens (never the tokens themselves).
 
     Example: [bold]diskci platform token list --json[/]
     """
-    _run_action("system_list_api_tokens", {}, json_out, state_dir, database_url)
+    _run_action(
+        "system_list_api_tokens", {}, json_out, Where(state_dir, database_url, url, token, token_file)
+    )
 
 
 @token_app.command("revoke")
@@ -243,6 +337,9 @@ def token_revoke(
     name: str = typer.Argument(..., help="The token's name."),
     state_dir: Path = StateDirOption,
     database_url: str = DatabaseOption,
+    url: str = UrlOption,
+    token: str = TokenOption,
+    token_file: Path = TokenFileOption,
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Revoke an API token; it stops working at once.
@@ -250,23 +347,28 @@ def token_revoke(
     Example: [bold]diskci platform token revoke ops-alice[/]
     """
     # Naming the token on this dedicated command is the confirmation (it never asked for --yes).
-    _run_action("system_revoke_api_token", {"name": name}, json_out, state_dir, database_url, confirmed=True)
+    where = Where(state_dir, database_url, url, token, token_file)
+    _run_action("system_revoke_api_token", {"name": name}, json_out, where, confirmed=True)
 
 
 def _run_action(
-    name: str,
-    data: dict[str, Any],
-    json_out: bool,
-    state_dir: Path | None,
-    database_url: str | None,
-    *,
-    confirmed: bool = False,
+    name: str, data: dict[str, Any], json_out: bool, where: Where, *, confirmed: bool = False
 ) -> None:
+    remote = where.remote()
+    if remote is not None:
+        _say_where(f"platform {remote.url}")
+        result = remote.call(get_action(name), data, confirm=confirmed)
+    else:
+        result = _invoke_locally(name, data, _settings(where.state_dir, where.database_url), confirmed)
+    print_result(stdout, result, json_out=json_out)
+
+
+def _invoke_locally(name: str, data: dict[str, Any], settings: PlatformSettings, confirmed: bool) -> Any:
+    """``invoke()`` on the local database as an admin (whoever can open it may do anything to it)."""
     from diskci.platform.ports import Ports
     from diskci.platform.tasks import TaskQueue
 
-    settings = _settings(state_dir, database_url)
-    database = _database(settings)
+    database = _existing_database(settings)
     queue = TaskQueue(settings, database=database)
     ports = Ports(enqueue=queue.enqueue_publication, enqueue_worker=queue.enqueue_ci_worker_task)
     actor = _actor()
@@ -279,7 +381,7 @@ def _run_action(
 
             data = bound_arguments(get_action(name), data, Role.ADMIN)
             confirm_at_once(database, name, data, actor=actor)
-        result = invoke(
+        return invoke(
             name,
             data,
             database=database,
@@ -293,13 +395,7 @@ def _run_action(
         would_affect = preview_action(
             name, data, database=database, settings=settings, actor=actor, role=Role.ADMIN, ports=ports
         )
-        affected = f"; it would affect: {json.dumps(would_affect, sort_keys=True)}" if would_affect else ""
-        message = f"{exc.action} is destructive: add --yes to confirm (nothing was done){affected}"
-        raise UsageError(message) from exc
-    if json_out:
-        print_json(result)
-    else:
-        stdout.print_json(result.model_dump_json(by_alias=True))
+        raise unconfirmed(exc.action, would_affect) from exc
 
 
 def _action_command(spec: ActionSpec) -> Callable[..., None]:
@@ -311,13 +407,20 @@ def _action_command(spec: ActionSpec) -> Callable[..., None]:
             "-s",
             help="FIELD=VALUE (VALUE read as the field's type, else as JSON); repeatable.",
         ),
-        json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        json_out: bool = typer.Option(
+            False, "--json", help="Print the result as JSON (also whenever stdout is not a terminal)."
+        ),
         yes: bool = typer.Option(False, "--yes", help="Confirm a destructive action."),
         state_dir: Path = StateDirOption,
         database_url: str = DatabaseOption,
+        url: str = UrlOption,
+        token: str = TokenOption,
+        token_file: Path = TokenFileOption,
     ) -> None:
+        where = Where(state_dir, database_url, url, token, token_file)
+        where.remote()  # a bad --url or token combination is refused before the input is read
         values = parse_action_input(data, assignments, spec.input_model)
-        _run_action(spec.name, values, json_out, state_dir, database_url, confirmed=yes)
+        _run_action(spec.name, values, json_out, where, confirmed=yes)
 
     fields = ", ".join(spec.input_model.model_fields) or "none"
     text, _, example = spec.description.partition("Example:")
@@ -326,6 +429,7 @@ def _action_command(spec: ActionSpec) -> Callable[..., None]:
         f"{text.strip()}\n\nInput fields: {fields}. Role: {spec.role.value}."
         + (" Destructive: needs --yes." if spec.destructive else "")
         + (f" Destructive {spec.destructive_note}: then needs --yes." if spec.destructive_note else "")
+        + " With --url (DISKCI_URL) and a token it runs on that platform, with the token's role."
         + f"\n\nExample: [bold]diskci platform {spec.name} --data '{example}'[/]"
     )
     command.__name__ = spec.name

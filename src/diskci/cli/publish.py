@@ -1,15 +1,21 @@
-"""``diskci sign|verify|push|pull|notify|publish``: the steps between a finished build and the platform."""
+"""``diskci sign|verify|push|pull|notify|publish``: the steps between a finished build and the platform.
+
+``verify`` and ``pull`` of a reference show the download's bytes on a terminal (``_download``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from diskci.cli.output import print_json, stdout
-from diskci.console import step
+from diskci.console import interactive, stderr, step
 from diskci.errors import UsageError, VerificationFailed
 
 if TYPE_CHECKING:
@@ -34,6 +40,49 @@ def _source(ci: CIEnvironment, repo: str | None, ref: str, commit: str) -> Sourc
     from diskci.supplychain.bundle import Source
 
     return Source(repo=repo or ci.source.repo, ref=ref, commit=commit)
+
+
+@dataclasses.dataclass
+class _Download:
+    """What a download reports: ``say`` the file at hand, ``on_bytes(received, expected)`` (None: no
+    byte progress is drawn, off a terminal)."""
+
+    say: Callable[[str], None]
+    on_bytes: Callable[[int, int], None] | None
+
+
+@contextlib.contextmanager
+def _download(title: str) -> Iterator[_Download]:
+    """``step(title)`` for a download: on a terminal a rich progress line with the bytes received, the
+    bytes expected so far and the speed; elsewhere the step's log lines, nothing more."""
+    if not interactive():
+        with step(title) as s:
+            yield _Download(say=s.update, on_bytes=None)
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
+    started = time.monotonic()
+    columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn())
+    speed = (DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    with Progress(*columns, *speed, console=stderr, transient=True) as progress:
+        task = progress.add_task(title, total=None)
+
+        def on_bytes(received: int, expected: int) -> None:
+            progress.update(task, completed=received, total=max(expected, received) or None)
+
+        def say(detail: str) -> None:
+            progress.update(task, description=f"{title}: {detail}")
+
+        yield _Download(say=say, on_bytes=on_bytes)
+    stderr.print(f"[green]✓[/] {escape(title)} [dim]({time.monotonic() - started:.1f}s)[/]")
 
 
 # Options shared by sign and publish
@@ -126,9 +175,13 @@ def verify(
 
     policy = IdentityPolicy(identity_regexp=identity_regexp, issuer=issuer)
     try:
-        with step(f"verify {source}"):
+        with _download(f"verify {source}") as download:
             result = verify_publication(
-                source, policy, trusted_root=trusted_root, check_fsverity=not no_fsverity
+                source,
+                policy,
+                trusted_root=trusted_root,
+                check_fsverity=not no_fsverity,
+                on_bytes=download.on_bytes,
             )
     except VerificationFailed as exc:
         if json_out:
@@ -184,8 +237,8 @@ def pull(
     """
     from diskci.registry.pull import pull_publication
 
-    with step(f"pull {ref}") as s:
-        result = pull_publication(ref, dest, progress=s.update)
+    with _download(f"pull {ref}") as download:
+        result = pull_publication(ref, dest, progress=download.say, on_bytes=download.on_bytes)
     if json_out:
         print_json({k: v for k, v in _jsonable(result).items() if k != "build"})
     else:

@@ -91,6 +91,9 @@ class PlatformSettings(BaseSettings):
     secureboot_cert_file: Path | None = None
     secureboot_signer: str = ""
     secureboot_validity_days: int = Field(default=14, ge=1, le=3650)  # a signed UKI's boot window
+    # The ec2 compute provider (diskci.platform.providers.ec2); credentials come from boto3's own chain.
+    ec2_endpoint_url: str = ""  # another EC2 endpoint: a VPC endpoint, or a test server
+    ec2_image_id: str = ""  # the workers' AMI: "ami-..." everywhere, or "us-east-1=ami-...,eu-west-1=ami-..."
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> PlatformSettings:

@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,11 +97,14 @@ class LayoutRegistry:
         download_verified(source.chunks(), desc, dest)
         return True
 
-    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+    def fetch_blob(
+        self, desc: Descriptor, dest: Path, *, on_chunk: Callable[[int], None] | None = None
+    ) -> None:
         path = self._blob_path(desc.digest)
         if not path.is_file():
             raise VerificationFailed("digest_mismatch", f"blob {desc.digest} is missing from {self.root}")
-        download_verified(BlobSource(path=path, size=path.stat().st_size).chunks(), desc, dest)
+        source = BlobSource(path=path, size=path.stat().st_size)
+        download_verified(source.chunks(), desc, dest, on_chunk=on_chunk)
 
     def read_blob(self, desc: Descriptor) -> bytes:
         path = self._blob_path(desc.digest)

@@ -1,6 +1,7 @@
 """``diskci pull``: download a publication into a directory shaped like the build directory.
 
-Public API: ``pull_publication(ref, dest) -> PulledPublication``.
+Public API: ``pull_publication(ref, dest) -> PulledPublication``; ``on_bytes(received, expected)`` is
+told the bytes received so far and the bytes of the blobs found so far (it grows as manifests are read).
 
 Every manifest is checked against its digest and every blob against its size and sha256 while it
 streams to disk; the first mismatch raises ``VerificationFailed`` (``manifest_invalid`` or
@@ -61,11 +62,13 @@ def pull_publication(
     *,
     client: RegistryClient | None = None,
     progress: Callable[[str], None] | None = None,
+    on_bytes: Callable[[int, int], None] | None = None,
 ) -> PulledPublication:
     """Pull ``ref`` (tag or digest) into ``dest`` (replaced as a whole when the pull succeeds)."""
     ref = Reference.parse(ref) if isinstance(ref, str) else ref
     client = client or open_registry(ref)
     say = progress or (lambda _msg: None)
+    transfer = _Transfer(on_bytes)
     index_bytes, index_desc = client.get_manifest(ref.target)
     if ref.digest and index_desc.digest != ref.digest:
         raise VerificationFailed("manifest_invalid", f"{ref}: registry returned {index_desc.digest}")
@@ -96,11 +99,12 @@ def pull_publication(
                         "manifest_invalid", "architectures carry different build.json configs"
                     )
                 config = cfg_bytes
-                for layer_json in manifest.get("layers", []):
-                    layer = Descriptor.from_json(layer_json)
+                layers = [Descriptor.from_json(layer_json) for layer_json in manifest.get("layers", [])]
+                transfer.expect(sum(layer.size for layer in layers))
+                for layer in layers:
                     rel = _safe_relpath(layer.annotations.get(ANNOTATION_PATH, ""), layer.digest)
                     say(f"{rel} ({layer.size} bytes)")
-                    client.fetch_blob(layer, tmp / rel)
+                    client.fetch_blob(layer, tmp / rel, on_chunk=transfer.received)
                     blobs += 1
                     nbytes += layer.size
             else:
@@ -118,7 +122,7 @@ def pull_publication(
                 "manifest_invalid", f"{ref}: build.json config is invalid: {exc}"
             ) from None
         for arch, arch_images in images.items():
-            b, n = _write_layout(client, tmp / arch / OCI_FAMILY_DIR, arch_images)
+            b, n = _write_layout(client, tmp / arch / OCI_FAMILY_DIR, arch_images, transfer)
             blobs += b
             nbytes += n
         bundles = _pull_bundles(client, index_desc, tmp / SIGNATURES_DIR)
@@ -135,8 +139,27 @@ def pull_publication(
     return result
 
 
+class _Transfer:
+    """Counts the bytes of a pull for its ``on_bytes(received, expected)`` callback."""
+
+    def __init__(self, on_bytes: Callable[[int, int], None] | None) -> None:
+        self._on_bytes = on_bytes
+        self.received_bytes = 0
+        self.expected_bytes = 0
+
+    def expect(self, nbytes: int) -> None:
+        self.expected_bytes += nbytes
+        if self._on_bytes is not None:
+            self._on_bytes(self.received_bytes, self.expected_bytes)
+
+    def received(self, nbytes: int) -> None:
+        self.received_bytes += nbytes
+        if self._on_bytes is not None:
+            self._on_bytes(self.received_bytes, self.expected_bytes)
+
+
 def _write_layout(
-    client: RegistryClient, root: Path, images: list[tuple[Descriptor, bytes]]
+    client: RegistryClient, root: Path, images: list[tuple[Descriptor, bytes]], transfer: _Transfer
 ) -> tuple[int, int]:
     blobs = nbytes = 0
     entries = []
@@ -146,7 +169,8 @@ def _write_layout(
             desc = Descriptor.from_json(d)
             path = root / "blobs" / "sha256" / desc.digest.split(":", 1)[1]
             if not path.exists():
-                client.fetch_blob(desc, path)
+                transfer.expect(desc.size)
+                client.fetch_blob(desc, path, on_chunk=transfer.received)
                 blobs += 1
                 nbytes += desc.size
         (root / "blobs" / "sha256" / entry.digest.split(":", 1)[1]).write_bytes(data)

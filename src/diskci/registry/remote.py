@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,11 @@ class RemoteRegistry:
             raise self._fail(resp, f"GET blob {digest}")
         return resp
 
-    def fetch_blob(self, desc: Descriptor, dest: Path) -> None:
+    def fetch_blob(
+        self, desc: Descriptor, dest: Path, *, on_chunk: Callable[[int], None] | None = None
+    ) -> None:
         with self._get_blob(desc.digest) as resp:
-            download_verified(resp.iter_content(1 << 20), desc, dest)
+            download_verified(resp.iter_content(1 << 20), desc, dest, on_chunk=on_chunk)
 
     def read_blob(self, desc: Descriptor) -> bytes:
         with self._get_blob(desc.digest) as resp:

@@ -20,7 +20,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -138,7 +138,9 @@ class RegistryClient(Protocol):
     def push_manifest(self, data: bytes, media_type: str, *, tag: str | None = None) -> str: ...
     def resolve(self, tag_or_digest: str) -> Descriptor: ...
     def get_manifest(self, tag_or_digest: str) -> tuple[bytes, Descriptor]: ...
-    def fetch_blob(self, desc: Descriptor, dest: Path) -> None: ...
+    def fetch_blob(
+        self, desc: Descriptor, dest: Path, *, on_chunk: Callable[[int], None] | None = None
+    ) -> None: ...
     def read_blob(self, desc: Descriptor) -> bytes: ...
     def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor]: ...
     def add_referrer(self, manifest: bytes, subject: Descriptor) -> Descriptor: ...
@@ -190,8 +192,15 @@ def referrer_descriptor(manifest: bytes) -> Descriptor:
     )
 
 
-def download_verified(chunks: Iterator[bytes], desc: Descriptor, dest: Path) -> None:
-    """Write ``chunks`` to ``dest`` atomically, checking size and sha256 against ``desc``."""
+def download_verified(
+    chunks: Iterator[bytes],
+    desc: Descriptor,
+    dest: Path,
+    *,
+    on_chunk: Callable[[int], None] | None = None,
+) -> None:
+    """Write ``chunks`` to ``dest`` atomically, checking size and sha256 against ``desc``;
+    ``on_chunk(n)`` is told each chunk's length as it is written (byte progress)."""
     h = hashlib.sha256()
     n = 0
     with atomic_path(dest) as tmp:
@@ -204,6 +213,8 @@ def download_verified(chunks: Iterator[bytes], desc: Descriptor, dest: Path) -> 
                     )
                 h.update(chunk)
                 f.write(chunk)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
         got = "sha256:" + h.hexdigest()
         if n != desc.size or got != desc.digest:
             raise VerificationFailed(

@@ -2,7 +2,8 @@
 
 Public API (used by ``diskci sign``, ``diskci authority`` and the HTTP front ``authority_http``):
 ``SigningAuthority.init(dir)`` / ``SigningAuthority.open(dir)``, ``issue_certificate()``,
-``log_dsse()``, ``trusted_root_json()``. Who may obtain a certificate over HTTP, and for which
+``log_dsse()``, ``trusted_root_json()``, ``keys()`` (the keys in use: re-read after a rotation),
+``rotate_key(kind)``. Who may obtain a certificate over HTTP, and for which
 identity, is ``authority_http``'s business (a CI job's OIDC ID token); in-process callers are trusted.
 
 It issues the same evidence a public Sigstore deployment does, so sigstore-python's stock ``Verifier``
@@ -19,6 +20,8 @@ Directory layout (private keys are mode 0600, the directory 0700)::
 
     authority.json        name, origin, default issuer, creation time
     root.key root.pem intermediate.key intermediate.pem ctlog.key tlog.key
+    keys.json             every key it has had, with its validity window (``authority_keys``);
+                          a rotated-in key is <kind>-<id>.key, a retired one has no private key left
     trusted_root.json     what verifiers need (media type ...trustedroot+json;version=0.1)
     log/entries.jsonl     the transparency log
 """
@@ -26,11 +29,13 @@ Directory layout (private keys are mode 0600, the directory 0700)::
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,8 +47,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 from diskci.atomic import atomic_path
+from diskci.atomic import write_bytes as atomic_write_bytes
 from diskci.errors import SupplyChainError
 from diskci.mediatypes import SIGSTORE_TRUSTED_ROOT
+from diskci.supplychain.authority_keys import (
+    KEYS_FILE,
+    LEGACY_FILES,
+    AuthorityKey,
+    KeyRing,
+    ca_certificate,
+    rotate,
+    write_private_key,
+)
 from diskci.supplychain.policy import OID_ISSUER_V1, OID_ISSUER_V2
 from diskci.supplychain.rekor_entries import MalformedEntry, canonical_entry
 from diskci.supplychain.tlog import LogEntry, TransparencyLog, key_id
@@ -59,8 +74,6 @@ DEFAULT_URLS = {
     "ctlog": "https://ct.authority.diskci.invalid",
 }
 
-_KEY_FILES = ("root.key", "intermediate.key", "ctlog.key", "tlog.key")
-
 
 class AuthorityError(SupplyChainError):
     """The signing authority could not be created, opened or could not issue."""
@@ -70,76 +83,62 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(pem)
-        os.chmod(tmp, 0o600)
-    os.chmod(path, 0o600)
-
-
-def _read_key(path: Path) -> ec.EllipticCurvePrivateKey:
+@contextlib.contextmanager
+def _as_authority_error() -> Iterator[None]:
+    """``authority_keys``' errors about the key files, raised as this authority's."""
     try:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise AuthorityError(
-                f"{path}: private key is readable by others (mode {mode:o})", hint=f"chmod 600 {path}"
-            )
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except FileNotFoundError:
-        raise AuthorityError(f"{path}: missing (is this a diskci authority directory?)") from None
-    except ValueError as exc:
-        raise AuthorityError(f"{path}: not a PEM private key: {exc}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise AuthorityError(f"{path}: expected an EC private key")
-    return key
+        yield
+    except AuthorityError:
+        raise
+    except SupplyChainError as exc:
+        raise AuthorityError(exc.message, hint=exc.hint) from None
 
 
-def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+@dataclass(frozen=True)
+class _Keys:
+    """The keys in use, read together from one version of the key ring (a rotation swaps them whole)."""
 
+    ring: KeyRing
+    root_key: ec.EllipticCurvePrivateKey
+    root_cert: x509.Certificate
+    intermediate_key: ec.EllipticCurvePrivateKey
+    intermediate_cert: x509.Certificate
+    ctlog_key: ec.EllipticCurvePrivateKey
+    tlog_key: ec.EllipticCurvePrivateKey
+    intermediates: tuple[x509.Certificate, ...]  # every intermediate the ring has had
 
-def _ca_cert(
-    *,
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer_name: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    pathlen: int,
-    not_before: dt.datetime,
-    days: int,
-) -> x509.Certificate:
-    b = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_before + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=pathlen), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
+    @classmethod
+    def load(cls, directory: Path) -> _Keys:
+        with _as_authority_error():
+            return cls._load(directory)
+
+    @classmethod
+    def _load(cls, directory: Path) -> _Keys:
+        ring = KeyRing.load(directory)
+        return cls(
+            ring=ring,
+            root_key=ring.private_key("root"),
+            root_cert=ring.current("root").cert(),
+            intermediate_key=ring.private_key("intermediate"),
+            intermediate_cert=ring.current("intermediate").cert(),
+            ctlog_key=ring.private_key("ctlog"),
+            tlog_key=ring.private_key("tlog"),
+            intermediates=tuple(k.cert() for k in ring.of_kind("intermediate")),
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    )
-    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _name_attribute(cert: x509.Certificate, oid: ObjectIdentifier) -> str:
+    values = cert.subject.get_attributes_for_oid(oid)
+    return str(values[0].value) if values else ""
+
+
+def _sct(ctlog_key: ec.EllipticCurvePrivateKey, timestamp_ms: int, signature: bytes) -> bytes:
+    """A TLS-encoded SignedCertificateTimestampList holding one v1 SCT of ``ctlog_key``'s log."""
+    log_id = key_id(ctlog_key.public_key())
+    sct = struct.pack(">B", 0) + log_id + struct.pack(">QH", timestamp_ms, 0)
+    sct += struct.pack(">BBH", 4, 3, len(signature)) + signature  # sha256, ecdsa
+    item = struct.pack(">H", len(sct)) + sct
+    return struct.pack(">H", len(item)) + item
 
 
 def _der_utf8(text: str) -> bytes:
@@ -169,21 +168,60 @@ class SigningAuthority:
                 f"{self.directory}: not a diskci authority directory (no authority.json)",
                 hint=f"create one with: diskci authority init {self.directory}",
             ) from None
-        self.root_key = _read_key(self.directory / "root.key")
-        self.intermediate_key = _read_key(self.directory / "intermediate.key")
-        self.ctlog_key = _read_key(self.directory / "ctlog.key")
-        self.tlog_key = _read_key(self.directory / "tlog.key")
-        self.root_cert = x509.load_pem_x509_certificate((self.directory / "root.pem").read_bytes())
-        self.intermediate_cert = x509.load_pem_x509_certificate(
-            (self.directory / "intermediate.pem").read_bytes()
-        )
+        self._keys_stamp = self._ring_stamp()
+        self._keys = _Keys.load(self.directory)
         self.urls = {**DEFAULT_URLS, **self.config.get("urls", {})}
         self.log = TransparencyLog(
             self.directory / "log" / "entries.jsonl",
-            self.tlog_key,
+            self._keys.tlog_key,
             origin=self.config["origin"],
             name=urlsplit(self.urls["tlog"]).hostname or self.urls["tlog"],
         )
+
+    # --- keys ------------------------------------------------------------------------------------
+    def _ring_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.directory / KEYS_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def keys(self) -> _Keys:
+        """The keys in use now: re-read when ``keys.json`` changed (a ``diskci authority keys
+        rotate`` is picked up by a running ``authority serve`` at its next request)."""
+        stamp = self._ring_stamp()
+        if stamp != self._keys_stamp:
+            keys = _Keys.load(self.directory)
+            if key_id(keys.tlog_key.public_key()) != self.log.log_id:
+                raise AuthorityError(
+                    f"{self.directory}: the transparency log key changed under a running authority"
+                )
+            self._keys, self._keys_stamp = keys, stamp
+        return self._keys
+
+    @property
+    def ring(self) -> KeyRing:
+        return self.keys().ring
+
+    @property
+    def root_cert(self) -> x509.Certificate:
+        return self.keys().root_cert
+
+    @property
+    def intermediate_cert(self) -> x509.Certificate:
+        return self.keys().intermediate_cert
+
+    @property
+    def intermediate_key(self) -> ec.EllipticCurvePrivateKey:
+        return self.keys().intermediate_key
+
+    @property
+    def ctlog_key(self) -> ec.EllipticCurvePrivateKey:
+        return self.keys().ctlog_key
+
+    @property
+    def tlog_key(self) -> ec.EllipticCurvePrivateKey:
+        return self.keys().tlog_key
 
     # --- creation ------------------------------------------------------------------------------
     @classmethod
@@ -202,11 +240,11 @@ class SigningAuthority:
         if directory.exists() and any(directory.iterdir()):
             raise AuthorityError(f"{directory}: directory is not empty")
         now = (now or _now()) - dt.timedelta(minutes=5)
-        keys = {f: ec.generate_private_key(ec.SECP256R1()) for f in _KEY_FILES}
+        keys = {f: ec.generate_private_key(ec.SECP256R1()) for _, f, _ in LEGACY_FILES}
         with atomic_path(directory, directory=True) as tmp:
             os.chmod(tmp, 0o700)
             for f, k in keys.items():
-                _write_key(tmp / f, k)
+                write_private_key(tmp / f, k)
             root_name = x509.Name(
                 [
                     x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
@@ -219,7 +257,7 @@ class SigningAuthority:
                     x509.NameAttribute(NameOID.COMMON_NAME, f"{name} signing intermediate"),
                 ]
             )
-            root = _ca_cert(
+            root = ca_certificate(
                 subject=root_name,
                 key=keys["root.key"],
                 issuer_name=root_name,
@@ -228,7 +266,7 @@ class SigningAuthority:
                 not_before=now,
                 days=3650,
             )
-            inter = _ca_cert(
+            inter = ca_certificate(
                 subject=inter_name,
                 key=keys["intermediate.key"],
                 issuer_name=root_name,
@@ -239,6 +277,12 @@ class SigningAuthority:
             )
             (tmp / "root.pem").write_bytes(root.public_bytes(serialization.Encoding.PEM))
             (tmp / "intermediate.pem").write_bytes(inter.public_bytes(serialization.Encoding.PEM))
+            certs = {"root.key": root, "intermediate.key": inter}
+            ring = [
+                AuthorityKey.of(kind, keys[f], start=now, key_file=f, certificate=certs.get(f))
+                for kind, f, _ in LEGACY_FILES
+            ]
+            KeyRing(tmp, tuple(ring)).save()
             log_id = key_id(keys["tlog.key"].public_key())
             # like Rekor's "rekor.sigstore.dev - <tree ID>"
             log_host = urlsplit(DEFAULT_URLS["tlog"]).hostname
@@ -260,50 +304,64 @@ class SigningAuthority:
 
     # --- trusted root --------------------------------------------------------------------------
     def trusted_root(self) -> dict[str, Any]:
-        """``dev.sigstore.trustedroot.v1.TrustedRoot`` in its JSON form."""
-        start = self.root_cert.not_valid_before_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        """``dev.sigstore.trustedroot.v1.TrustedRoot`` in its JSON form: every intermediate CA and
+        CT log key the authority has had, each with its ``validFor`` window (retired ones end)."""
+        ring = self.ring
+        root = ring.current("root").cert()
         b64 = base64.b64encode
 
-        def log_instance(key: ec.EllipticCurvePrivateKey, url: str) -> dict[str, Any]:
-            pub = key.public_key()
+        def log_instance(key: AuthorityKey, url: str) -> dict[str, Any]:
             return {
                 "baseUrl": url,
                 "hashAlgorithm": "SHA2_256",
                 "publicKey": {
-                    "rawBytes": b64(_spki(pub)).decode(),
+                    "rawBytes": b64(key.public_key).decode(),
                     "keyDetails": "PKIX_ECDSA_P256_SHA_256",
-                    "validFor": {"start": start},
+                    "validFor": key.valid_for(),
                 },
-                "logId": {"keyId": b64(key_id(pub)).decode()},
+                "logId": {"keyId": b64(bytes.fromhex(key.key_id)).decode()},
             }
 
-        name = self.config["name"]
+        def authority(key: AuthorityKey) -> dict[str, Any]:
+            cert = key.cert()
+            return {
+                "subject": {
+                    "organization": _name_attribute(cert, NameOID.ORGANIZATION_NAME),
+                    "commonName": _name_attribute(cert, NameOID.COMMON_NAME),
+                },
+                "uri": self.urls["ca"],
+                "certChain": {
+                    "certificates": [
+                        {"rawBytes": b64(c.public_bytes(serialization.Encoding.DER)).decode()}
+                        for c in (cert, root)
+                    ]
+                },
+                "validFor": key.valid_for(),
+            }
+
         return {
             "mediaType": SIGSTORE_TRUSTED_ROOT,
-            "tlogs": [log_instance(self.tlog_key, self.urls["tlog"])],
-            "certificateAuthorities": [
-                {
-                    "subject": {"organization": name, "commonName": f"{name} signing intermediate"},
-                    "uri": self.urls["ca"],
-                    "certChain": {
-                        "certificates": [
-                            {"rawBytes": b64(c.public_bytes(serialization.Encoding.DER)).decode()}
-                            for c in (self.intermediate_cert, self.root_cert)
-                        ]
-                    },
-                    "validFor": {"start": start},
-                }
-            ],
-            "ctlogs": [log_instance(self.ctlog_key, self.urls["ctlog"])],
+            "tlogs": [log_instance(k, self.urls["tlog"]) for k in ring.of_kind("tlog")],
+            "certificateAuthorities": [authority(k) for k in ring.of_kind("intermediate")],
+            "ctlogs": [log_instance(k, self.urls["ctlog"]) for k in ring.of_kind("ctlog")],
             "timestampAuthorities": [],
         }
 
     def trusted_root_json(self) -> bytes:
         return (json.dumps(self.trusted_root(), indent=2) + "\n").encode()
 
+    def rotate_key(self, kind: str, *, now: dt.datetime | None = None) -> tuple[AuthorityKey, AuthorityKey]:
+        """``authority_keys.rotate`` then ``trusted_root.json`` rewritten to list both keys' windows.
+        Returns (retired, new)."""
+        with _as_authority_error():
+            retired, new = rotate(self.directory, kind, now=now)
+        atomic_write_bytes(self.directory / "trusted_root.json", self.trusted_root_json())
+        return retired, new
+
     # --- certificates --------------------------------------------------------------------------
     def chain(self) -> list[x509.Certificate]:
-        return [self.intermediate_cert, self.root_cert]
+        keys = self.keys()
+        return [keys.intermediate_cert, keys.root_cert]
 
     def issue_certificate(
         self,
@@ -333,12 +391,13 @@ class SigningAuthority:
         else:
             san = x509.UniformResourceIdentifier(identity)
         serial = x509.random_serial_number()
+        keys = self.keys()  # one version of the ring for the whole certificate
 
         def build(sct_list: bytes) -> x509.Certificate:
             b = (
                 x509.CertificateBuilder()
                 .subject_name(x509.Name([]))
-                .issuer_name(self.intermediate_cert.subject)
+                .issuer_name(keys.intermediate_cert.subject)
                 .public_key(public_key)
                 .serial_number(serial)
                 .not_valid_before(now)
@@ -360,7 +419,7 @@ class SigningAuthority:
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
                 .add_extension(
-                    x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()),
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(keys.intermediate_key.public_key()),
                     critical=False,
                 )
                 .add_extension(x509.SubjectAlternativeName([san]), critical=True)
@@ -372,27 +431,19 @@ class SigningAuthority:
             b = b.add_extension(
                 x509.UnrecognizedExtension(OID_SCT_LIST, _der_octets(sct_list)), critical=False
             )
-            return b.sign(self.intermediate_key, hashes.SHA256())
+            return b.sign(keys.intermediate_key, hashes.SHA256())
 
         timestamp_ms = int(now.timestamp() * 1000)
         # 1. a certificate with a placeholder SCT gives the precertificate TBS (SCT list removed),
         # 2. the CT log key signs the RFC 6962 precert entry over it,
         # 3. the final certificate embeds the real SCT; its precertificate TBS is byte-identical.
-        placeholder = self._sct(timestamp_ms, b"\x00" * 70)
+        placeholder = _sct(keys.ctlog_key, timestamp_ms, b"\x00" * 70)
         tbs = build(placeholder).tbs_precertificate_bytes
-        issuer_key_hash = key_id(self.intermediate_key.public_key())
+        issuer_key_hash = key_id(keys.intermediate_key.public_key())
         signed = struct.pack(">BBQH", 0, 0, timestamp_ms, 1) + issuer_key_hash
         signed += len(tbs).to_bytes(3, "big") + tbs + struct.pack(">H", 0)
-        sct_sig = self.ctlog_key.sign(signed, ec.ECDSA(hashes.SHA256()))
-        return build(self._sct(timestamp_ms, sct_sig))
-
-    def _sct(self, timestamp_ms: int, signature: bytes) -> bytes:
-        """A TLS-encoded SignedCertificateTimestampList holding one v1 SCT."""
-        log_id = key_id(self.ctlog_key.public_key())
-        sct = struct.pack(">B", 0) + log_id + struct.pack(">QH", timestamp_ms, 0)
-        sct += struct.pack(">BBH", 4, 3, len(signature)) + signature  # sha256, ecdsa
-        item = struct.pack(">H", len(sct)) + sct
-        return struct.pack(">H", len(item)) + item
+        sct_sig = keys.ctlog_key.sign(signed, ec.ECDSA(hashes.SHA256()))
+        return build(_sct(keys.ctlog_key, timestamp_ms, sct_sig))
 
     # --- transparency log ----------------------------------------------------------------------
     @property
@@ -424,7 +475,13 @@ class SigningAuthority:
             raise AuthorityError(exc.message) from None
 
     def _check_issued_here(self, certificate: x509.Certificate) -> None:
-        try:
-            certificate.verify_directly_issued_by(self.intermediate_cert)
-        except (InvalidSignature, ValueError, TypeError) as exc:
-            raise MalformedEntry(f"the certificate was not issued by this authority: {exc}") from None
+        """Issued by an intermediate of this authority (a retired one too: a certificate issued
+        just before a rotation is logged just after it)."""
+        problems = []
+        for ca in self.keys().intermediates:
+            try:
+                certificate.verify_directly_issued_by(ca)
+                return
+            except (InvalidSignature, ValueError, TypeError) as exc:
+                problems.append(str(exc) or type(exc).__name__)
+        raise MalformedEntry(f"the certificate was not issued by this authority: {problems[-1]}")

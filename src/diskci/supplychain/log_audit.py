@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import rfc8785
 
@@ -30,7 +31,13 @@ KINDS = {("dsse", "0.0.1"), ("hashedrekord", "0.0.1")}
 
 
 class LogInconsistent(SupplyChainError):
-    """The transparency log is not what it acknowledged: a bad record, root or consistency."""
+    """The transparency log is not what it acknowledged: a bad record, root or consistency.
+    ``entry``: the index of the first bad record; ``expected``: what the audit expected there."""
+
+    def __init__(self, message: str, *, entry: int, expected: str) -> None:
+        super().__init__(message, hint=f"expected: {expected}")
+        self.entry = entry
+        self.expected = expected
 
 
 @dataclass(frozen=True)
@@ -39,37 +46,67 @@ class LogAudit:
     root_hash: str
     tree_heads_checked: int
     kinds: dict[str, int]
+    partial_tail_bytes: int = 0  # an append cut short (never acknowledged): dropped at the next append
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "entries": self.size,
+            "tree_size": self.size,
+            "root_hash": self.root_hash,
+            "checkpoints_checked": self.tree_heads_checked,
+            "kinds": self.kinds,
+            "partial_tail_bytes": self.partial_tail_bytes,
+        }
 
 
 def audit_log(log: TransparencyLog) -> LogAudit:
-    records = log.entries()
+    """Audit every record of ``log`` as stored (read-only; a partial last line is reported, not cut)."""
+    lines, partial = log.raw_records()
     leaves: list[bytes] = []
     kinds: dict[str, int] = {}
     previous: tuple[int, bytes] | None = None
     heads = 0
-    for i, rec in enumerate(records):
+    where = log.path
+    for i, line in enumerate(lines):
         # 1. the record is whole, in sequence, and its body a canonical entry of a known kind
         try:
+            rec = json.loads(line)
             body = base64.b64decode(rec["body"], validate=True)
             entry = json.loads(body)
             kind = (str(entry["kind"]), str(entry["apiVersion"]))
             int(rec["integratedTime"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise LogInconsistent(f"{log.path}: record {i} is malformed: {exc}") from None
+            raise LogInconsistent(
+                f"{where}: entry {i} (line {i + 1}) is malformed: {exc}",
+                entry=i,
+                expected="a JSON record {index, integratedTime, body (base64 canonical entry), root}",
+            ) from None
         if rec.get("index") != i:
-            raise LogInconsistent(f"{log.path}: record {i} says it is entry {rec.get('index')}")
+            raise LogInconsistent(
+                f"{where}: entry {i} (line {i + 1}) says it is entry {rec.get('index')!r}",
+                entry=i,
+                expected=f"index {i}",
+            )
         if kind not in KINDS or rfc8785.dumps(entry) != body:
-            raise LogInconsistent(f"{log.path}: entry {i} is not a canonical dsse/hashedrekord 0.0.1 body")
+            raise LogInconsistent(
+                f"{where}: entry {i} is not a canonical dsse/hashedrekord 0.0.1 body",
+                entry=i,
+                expected="the RFC 8785 form of a dsse or hashedrekord 0.0.1 entry",
+            )
         kinds[kind[0]] = kinds.get(kind[0], 0) + 1
         leaves.append(leaf_hash(body))
         if "root" not in rec:
             continue  # written before tree heads were kept
-        # 2. the tree head acknowledged with it is the root of the leaves so far ...
+        # 2. the tree head (checkpoint) acknowledged with it is the root of the leaves so far ...
         root = tree_hash(leaves)
         if rec["root"] != root.hex():
             raise LogInconsistent(
-                f"{log.path}: entry {i} was acknowledged under root {rec['root']}, but the leaves "
-                f"up to it hash to {root.hex()}"
+                f"{where}: the checkpoint of tree size {i + 1} (acknowledged with entry {i}) has root "
+                f"{rec['root']}, but the leaves 0..{i} hash to {root.hex()}: entry {i}'s leaf or that "
+                "checkpoint was altered",
+                entry=i,
+                expected=f"root {root.hex()}",
             )
         # 3. ... and the one before it is a prefix of it
         if previous is not None:
@@ -77,9 +114,18 @@ def audit_log(log: TransparencyLog) -> LogAudit:
             try:
                 verify_consistency(old, i + 1, old_root, root, consistency_path(old, leaves))
             except SupplyChainError as exc:
-                raise LogInconsistent(f"{log.path}: tree head {i + 1}: {exc.message}") from None
+                raise LogInconsistent(
+                    f"{where}: the checkpoint of tree size {i + 1} is not consistent with the one of "
+                    f"size {old}: {exc.message}",
+                    entry=i,
+                    expected=f"tree {old} ({old_root.hex()}) a prefix of tree {i + 1}",
+                ) from None
         previous = (i + 1, root)
         heads += 1
     return LogAudit(
-        size=len(leaves), root_hash=tree_hash(leaves).hex(), tree_heads_checked=heads, kinds=kinds
+        size=len(leaves),
+        root_hash=tree_hash(leaves).hex(),
+        tree_heads_checked=heads,
+        kinds=kinds,
+        partial_tail_bytes=partial,
     )

@@ -1,9 +1,11 @@
 """The embedded transparency log: an append-only RFC 6962 Merkle tree persisted in one file.
 
-Each entry is one line ``{"index", "integratedTime", "body"}`` appended with ``O_APPEND`` and fsync
-under an exclusive ``flock``, so several processes (``authority serve`` processes, a CLI) may append to
-the same log. A crash mid-write leaves at most one partial last line; opening the log drops it (it was
-never acknowledged), so the log only ever grows by whole, acknowledged entries.
+Each entry is one line ``{"index", "integratedTime", "body", "kind", "root"}`` appended with
+``O_APPEND`` and fsync under an exclusive ``flock`` before the append returns (is acknowledged), so
+several processes (``authority serve`` processes, a CLI) and threads may append to the same log. A
+crash mid-write leaves at most one partial last line (no newline); the next read under the lock drops
+it (it was never acknowledged), so the log only ever grows by whole, acknowledged entries. A damaged
+*whole* record is never dropped: the log refuses to read past it, and ``log_audit`` names it.
 
 For every entry the log gives what a Rekor v1 response gives and what sigstore-python checks: the leaf
 index, the integrated time, an inclusion proof against the tree right after the append, a signed
@@ -150,6 +152,21 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, pat
         raise SupplyChainError(f"the tree of size {old} is not a prefix of the tree of size {new}")
 
 
+def _read_all(fd: int, offset: int = 0) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def split_records(data: bytes) -> tuple[list[bytes], int]:
+    """(the newline-terminated lines of ``data``, their length in bytes): what follows the last
+    newline is an append cut short."""
+    whole = data.rfind(b"\n") + 1
+    return (data[:whole].split(b"\n")[:-1] if whole else []), whole
+
+
 class DuplicateEntry(Conflict):
     """The log already holds this entry (Rekor answers 409 with the existing one's UUID)."""
 
@@ -225,8 +242,21 @@ class TransparencyLog:
         self.origin = origin
         self.name = name
         self.log_id = key_id(key.public_key())
+        # what has been read of the file (guarded by its flock): records, leaf hashes, first index of
+        # each leaf, and how many bytes of which inode they came from
+        self._records: list[dict[str, Any]] = []
+        self._leaves: list[bytes] = []
+        self._leaf_index: dict[bytes, int] = {}
+        self._cache_inode = -1
+        self._cache_bytes = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch(mode=0o600, exist_ok=True)
+        if not self.path.exists():
+            self.path.touch(mode=0o600, exist_ok=True)
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)  # the new file's name is durable too
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     # --- storage -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -238,40 +268,68 @@ class TransparencyLog:
         finally:
             os.close(fd)
 
-    def _read_records(self, fd: int) -> list[dict[str, Any]]:
-        """Whole records; a partial trailing line (a crash mid-append) is cut off the file."""
-        os.lseek(fd, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        records: list[dict[str, Any]] = []
-        good = 0
-        for line in data.split(b"\n")[:-1] if data else []:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                break
-            if not isinstance(rec, dict) or rec.get("index") != len(records):
-                break
-            records.append(rec)
-            good += len(line) + 1
-        if good != len(data):
-            os.ftruncate(fd, good)
-            os.fsync(fd)
-        return records
+    def _read_records(self, fd: int) -> tuple[list[dict[str, Any]], list[bytes]]:
+        """(records, their leaf hashes): whole records only. Read incrementally: records already
+        read stay cached (the file only grows by whole records under the lock), so an append or a
+        lookup reads only what other processes appended since. A partial trailing line (a crash
+        mid-append, never acknowledged) is cut off the file. A damaged whole record is refused,
+        never cut: entries after it were acknowledged (``diskci authority log verify`` names it)."""
+        st = os.fstat(fd)
+        if st.st_ino != self._cache_inode or st.st_size < self._cache_bytes:
+            self._records, self._leaves, self._leaf_index = [], [], {}
+            self._cache_inode, self._cache_bytes = st.st_ino, 0
+        if st.st_size > self._cache_bytes:
+            data = _read_all(fd, self._cache_bytes)
+            lines, whole = split_records(data)
+            for line in lines:
+                index = len(self._records)
+                try:
+                    rec = json.loads(line)
+                    leaf = leaf_hash(base64.b64decode(rec["body"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise self._damaged(index, f"not a JSON record with a base64 body: {exc}") from None
+                if not isinstance(rec, dict) or rec.get("index") != index:
+                    raise self._damaged(index, f"it says it is entry {rec.get('index')!r}")
+                self._records.append(rec)
+                self._leaves.append(leaf)
+                self._leaf_index.setdefault(leaf, index)
+                self._cache_bytes += len(line) + 1
+            if whole != len(data):
+                os.ftruncate(fd, self._cache_bytes)
+                os.fsync(fd)
+        return self._records, self._leaves
+
+    def _damaged(self, index: int, why: str) -> SupplyChainError:
+        return SupplyChainError(
+            f"{self.path}: record {index} is damaged ({why}); the log refuses to read or grow past it",
+            hint=f"audit it with: diskci authority log verify {self.path.parent.parent}",
+        )
+
+    def raw_records(self) -> tuple[list[bytes], int]:
+        """(the whole lines, bytes of a partial last line) as stored, without changing the file."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            data = _read_all(fd)
+        finally:
+            os.close(fd)
+        lines, whole = split_records(data)
+        return lines, len(data) - whole
 
     def entries(self) -> list[dict[str, Any]]:
         with self._locked() as fd:
-            return self._read_records(fd)
+            return list(self._read_records(fd)[0])
+
+    def _leaf_hashes(self) -> list[bytes]:
+        with self._locked() as fd:
+            return list(self._read_records(fd)[1])
 
     @property
     def size(self) -> int:
-        return len(self.entries())
+        return len(self._leaf_hashes())
 
     def root_hash(self) -> bytes:
-        records = self.entries()
-        return tree_hash([leaf_hash(base64.b64decode(r["body"])) for r in records])
+        return tree_hash(self._leaf_hashes())
 
     # --- signing -------------------------------------------------------------------------------
     def _sign(self, data: bytes) -> bytes:
@@ -302,13 +360,12 @@ class TransparencyLog:
         keeps the root hash of the tree it was acknowledged with (``log verify`` audits them).
         """
         with self._locked() as fd:
-            records = self._read_records(fd)
+            records, cached = self._read_records(fd)
             index = len(records)
-            leaves = [leaf_hash(base64.b64decode(r["body"])) for r in records]
             leaf = leaf_hash(body)
-            if unique and leaf in leaves:
-                raise DuplicateEntry(leaves.index(leaf), leaf)
-            leaves.append(leaf)
+            if unique and leaf in self._leaf_index:
+                raise DuplicateEntry(self._leaf_index[leaf], leaf)
+            leaves = [*cached, leaf]
             root = tree_hash(leaves)
             rec = {
                 "index": index,
@@ -320,25 +377,28 @@ class TransparencyLog:
             line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
             if os.write(fd, line) != len(line):
                 raise SupplyChainError(f"{self.path}: short write appending log entry {index}")
-            os.fsync(fd)
+            os.fsync(fd)  # durable before it is acknowledged
+            self._records.append(rec)
+            self._leaves.append(leaf)
+            self._leaf_index.setdefault(leaf, index)
+            self._cache_bytes += len(line)
         return self._entry(index, leaves, body, integrated_time, kind, version)
 
     def find(self, leaf: bytes) -> int | None:
         """The index of the entry whose leaf hash is ``leaf``, if logged."""
-        for rec in self.entries():
-            if leaf_hash(base64.b64decode(rec["body"])) == leaf:
-                return int(rec["index"])
-        return None
+        with self._locked() as fd:
+            self._read_records(fd)
+            return self._leaf_index.get(leaf)
 
     def tree_head(self) -> tuple[int, bytes, str]:
         """(size, root hash, signed checkpoint) of the tree now."""
-        records = self.entries()
-        root = tree_hash([leaf_hash(base64.b64decode(r["body"])) for r in records])
-        return len(records), root, self.checkpoint(len(records), root)
+        leaves = self._leaf_hashes()
+        root = tree_hash(leaves)
+        return len(leaves), root, self.checkpoint(len(leaves), root)
 
     def consistency(self, old: int, new: int | None = None) -> tuple[int, bytes, list[bytes]]:
         """(size, root of the tree of ``new`` leaves, PROOF(old, new)); ``new`` defaults to now."""
-        leaves = [leaf_hash(base64.b64decode(r["body"])) for r in self.entries()]
+        leaves = self._leaf_hashes()
         new = len(leaves) if new is None else new
         if not 0 < old <= new <= len(leaves):
             raise SupplyChainError(
@@ -349,11 +409,12 @@ class TransparencyLog:
     def entry(self, index: int, *, kind: str = "dsse", version: str = "0.0.1") -> LogEntry:
         """Entry ``index`` with an inclusion proof against the current tree (``kind``/``version``:
         for records written before they were stored)."""
-        records = self.entries()
-        if not 0 <= index < len(records):
-            raise SupplyChainError(f"transparency log has no entry {index} (size {len(records)})")
-        leaves = [leaf_hash(base64.b64decode(r["body"])) for r in records]
-        rec = records[index]
+        with self._locked() as fd:
+            records, cached = self._read_records(fd)
+            leaves = list(cached)
+            if not 0 <= index < len(records):
+                raise SupplyChainError(f"transparency log has no entry {index} (size {len(records)})")
+            rec = records[index]
         if "kind" in rec:
             kind, _, version = str(rec["kind"]).partition("/")
         return self._entry(index, leaves, base64.b64decode(rec["body"]), rec["integratedTime"], kind, version)

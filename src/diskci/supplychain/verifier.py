@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -342,11 +342,13 @@ def verify_publication(
     trusted_root: Path | TrustedRoot | None = None,
     dest: Path | None = None,
     check_fsverity: bool = True,
+    on_bytes: Callable[[int, int], None] | None = None,
 ) -> VerifiedPublication:
     """Verify a publication at a reference (pulled, every digest checked) or in a local directory.
 
     ``source``: ``host/repo:tag``, ``oci-layout:PATH:tag`` or a directory (a signed build, or a pull).
     ``dest``: where to keep the pulled publication (default: a temporary directory, removed after).
+    ``on_bytes(received, expected)``: the pull's byte progress (``pull_publication``).
     """
     root = trusted_root if isinstance(trusted_root, TrustedRoot) else load_trusted_root(trusted_root)
     verifier = PublicationVerifier(policy, root, check_fsverity=check_fsverity)
@@ -360,7 +362,7 @@ def verify_publication(
             if dest is None:
                 tmp = Path(tempfile.mkdtemp(prefix="diskci-verify-"))
                 dest = tmp / "publication"
-            reader = DirectoryReader.pulled(pull_publication(str(source), dest))
+            reader = DirectoryReader.pulled(pull_publication(str(source), dest, on_bytes=on_bytes))
         result = verifier.verify(reader)
         return VerifiedPublication(
             source=str(source),

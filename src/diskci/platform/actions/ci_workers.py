@@ -142,7 +142,7 @@ class ProvisionCiWorkerInput(ActionModel):
     hostname: str = Field(
         min_length=1, max_length=253, description="The worker's host name (its runner's name)."
     )
-    provider: str = Field(default="local", description="The compute provider: local.")
+    provider: str = Field(default="local", description="The compute provider: local or ec2.")
     provider_region_id: str = Field(min_length=1, max_length=64, description="A region of the provider.")
     provider_instance_type_id: str = Field(
         min_length=1, max_length=64, description="An instance type of the provider in that region."

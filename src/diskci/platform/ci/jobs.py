@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from diskci.bounded_yaml import load_bounded_yaml
 from diskci.errors import InvalidRequest
 from diskci.platform.ci.expressions import InvalidExpression, evaluate, interpolate, to_string
 
@@ -45,7 +46,7 @@ class PlannedJob:
 
 def _load(text: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = load_bounded_yaml(text)  # the repository's text: an alias bomb is refused
     except yaml.YAMLError as exc:
         raise InvalidWorkflow(f"the workflow is not YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from diskci.bounded_yaml import load_bounded_yaml
 from diskci.ci.workflow import WORKFLOW_PATH
 from diskci.errors import Conflict
 from diskci.platform.ci import scheduler
@@ -145,7 +146,7 @@ def push_tag_patterns(workflow_text: str) -> PushTagPatterns | None:
     """The tag filters of the workflow's push trigger; None when it has no push trigger or one that
     only runs for branches (``branches`` without ``tags``)."""
     try:
-        data = yaml.safe_load(workflow_text)
+        data = load_bounded_yaml(workflow_text)
     except yaml.YAMLError:
         return None
     if not isinstance(data, dict):

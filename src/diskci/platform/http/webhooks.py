@@ -17,7 +17,12 @@ Then the delivery is recorded, queued for the DiskImagePublicationProcessor, and
 A delivery id already accepted is answered 409 ``ReplayedDelivery`` while its work is done or alive
 (queued, or running under a live lease). If its processing was abandoned (the worker died: the Task's
 lease ran out, or it never got a task), the redelivery re-queues it and is answered 202 again, so a
-crash is never mistaken for a delivery.
+crash is never mistaken for a delivery. Likewise when its processing ended in the platform's own failure,
+not the sender's: its publication ``failed`` with ``internal_error`` (a database outage, a bug; the
+processor marks it so only once the queue will not retry it), the redelivery re-queues it and the
+processor takes the failed row over again. A delivery whose publication failed a check (a bad
+signature, a digest mismatch, an unreachable registry) is the sender's to fix, with a new build and
+a new delivery: its redelivery stays a replay.
 """
 
 from __future__ import annotations
@@ -49,10 +54,18 @@ from diskci.notify import (  # the payload schema and the signature scheme, shar
 from diskci.platform.actions.catalog import validation_detail
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.webhooks import WEBHOOK_PATH, valid_secrets, webhook_for
-from diskci.platform.db.models import Task, TaskStatus, WebhookDelivery, utcnow
+from diskci.platform.db.models import (
+    DiskImagePublication,
+    PublicationStatus,
+    Task,
+    TaskStatus,
+    WebhookDelivery,
+    utcnow,
+)
 from diskci.platform.db.session import Database
 from diskci.platform.http.jsonbody import parse_json
 from diskci.platform.secrets import SecretBox
+from diskci.platform.services.publication_processor import INTERNAL_ERROR
 from diskci.platform.settings import PlatformSettings
 from diskci.platform.tasks import abandoned, as_utc, lease_until, requeue_delivery
 
@@ -284,9 +297,20 @@ def _redelivered(request: Request, database: Database, delivery_id: str, lease_s
             and row.publication_id is None
             and lease_until(lease_seconds, as_utc(row.received_at)) < now
         )
+        internal_failure = (
+            task is not None
+            and task.status == TaskStatus.FAILED.value
+            and row is not None
+            and row.publication_id is not None
+            and _failed_internally(session, row.publication_id)
+        )
     state = "is being processed"
     if task is not None:
         state = f"is {task.status} (task {task.task_id})"
+    if internal_failure and task is not None:
+        task_id = _requeue_after_internal_failure(request, database, delivery_id, task, lease_seconds)
+        if task_id is not None:
+            return Accepted(delivery_id=delivery_id, task_id=task_id)
     if untasked or (task is not None and abandoned(task, now, lease_seconds=lease_seconds, waiting=None)):
         task_id = requeue_delivery(
             database,
@@ -301,3 +325,57 @@ def _redelivered(request: Request, database: Database, delivery_id: str, lease_s
     raise ReplayedDelivery(
         f"delivery {delivery_id} was already accepted and {state}; it is never accepted twice"
     )
+
+
+def _failed_internally(session: Any, publication_id: int) -> bool:
+    """Whether the publication ended ``failed`` with ``internal_error`` (the platform's failure)."""
+    pub = session.get(DiskImagePublication, publication_id)
+    return (
+        pub is not None
+        and pub.status == PublicationStatus.FAILED.value
+        and pub.failure_reason == INTERNAL_ERROR
+    )
+
+
+def _requeue_after_internal_failure(
+    request: Request, database: Database, delivery_id: str, failed: Task, lease_seconds: int
+) -> str | None:
+    """Queue ``delivery_id`` again after ``failed`` ended in ``internal_error``; the new task id, or None
+    when a concurrent redelivery (or the publication's own retry) got there first.
+
+    Compare-and-set: the delivery is unlinked from the failed task only while it is still linked to it
+    and its publication is still failed internally, so two redeliveries racing queue it once; the
+    re-queue itself is ``requeue_delivery``'s (its own compare-and-set on the unlinked delivery). If the
+    queue is down the link is put back, so that the sender's next retry finds the same state."""
+    with database.session() as session:
+        row = session.scalar(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.delivery_id == delivery_id, WebhookDelivery.task_id == failed.task_id)
+            .with_for_update()
+        )
+        if row is None or row.publication_id is None or not _failed_internally(session, row.publication_id):
+            return None
+        row.task_id = None
+    try:
+        task_id = requeue_delivery(
+            database,
+            request.app.state.ports.enqueue_publication,
+            delivery_id,
+            lease_seconds=lease_seconds,
+            abandoned_task=None,
+        )
+    except Exception as exc:
+        log.exception("could not re-queue delivery %s", delivery_id)
+        with database.session() as session:
+            session.query(WebhookDelivery).filter(
+                WebhookDelivery.delivery_id == delivery_id, WebhookDelivery.task_id.is_(None)
+            ).update({WebhookDelivery.task_id: failed.task_id}, synchronize_session=False)
+        raise QueueUnavailable(f"the task queue is unavailable ({exc}); retry the delivery later") from exc
+    if task_id is not None:
+        log.warning(
+            "delivery %s: its processing failed internally (task %s); re-queued as %s",
+            delivery_id,
+            failed.task_id,
+            task_id,
+        )
+    return task_id

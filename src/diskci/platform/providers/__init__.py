@@ -1,4 +1,4 @@
-"""Compute providers: where CI workers run (``local``: this machine; clouds come later).
+"""Compute providers: where CI workers run (``local``: this machine; ``ec2``: EC2 instances).
 
 ``provider(name, settings)`` gives the provider of that name, configured from the platform settings;
 ``catalog(name)`` its regions and instance types without building it. A provider module is imported
@@ -18,6 +18,7 @@ __all__ = ["PROVIDERS", "UnknownProvider", "catalog", "provider"]
 # name → "module:class" (imported when first asked for)
 PROVIDERS: dict[str, str] = {
     "local": "diskci.platform.providers.local:LocalProvider",
+    "ec2": "diskci.platform.providers.ec2:EC2Provider",
 }
 
 

@@ -186,7 +186,10 @@ def _terminate(database: Database, settings: PlatformSettings, payload: dict[str
         raise ProviderFailed(f"the provisioning task {provisioning[0]} of this worker is still running")
     compute = provider(provider_name, settings)
     provider_id = provider_id or compute.lookup(instance_id)
-    if provider_id is not None:
+    # A machine destroyed behind the platform's back (or never made) is not an error: the event says so.
+    reason: str | None = "machine_already_gone"
+    if provider_id is not None and compute.get(provider_id) != MachineState.GONE:
+        reason = None
         compute.destroy(provider_id)
         state = compute.get(provider_id)
         if state != MachineState.GONE:
@@ -205,6 +208,7 @@ def _terminate(database: Database, settings: PlatformSettings, payload: dict[str
                 s,
                 "ci_worker_terminated",
                 subject=instance.hostname,
+                reason=reason,
                 payload={"instance_id": instance_id, "provider": provider_name, "provider_id": provider_id},
             )
     log.info("CI worker %s: terminated (%s %s)", instance_id, provider_name, provider_id)
