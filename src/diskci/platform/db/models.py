@@ -139,6 +139,15 @@ class NodePlatform(Base):
     image_build_repository: Mapped[str | None] = mapped_column(String(1024), default=None)
     ci_variables: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     push_secret_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
+    # The CI backend its runs go to: ``embedded`` (this platform schedules them on its own workers) or
+    # ``gitea`` (dispatched to ``gitea_repository`` ("owner/name") on the Gitea at ``gitea_url`` with an
+    # access token kept encrypted, like webhook secrets; Gitea's own webhooks are verified with
+    # ``gitea_webhook_secret_encrypted``).
+    ci_backend: Mapped[str] = mapped_column(String(16), default="embedded")
+    gitea_url: Mapped[str | None] = mapped_column(String(1024), default=None)
+    gitea_repository: Mapped[str | None] = mapped_column(String(255), default=None)
+    gitea_token_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
+    gitea_webhook_secret_encrypted: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -168,6 +177,8 @@ class NodeInstance(Base):
     instance_type: Mapped[str | None] = mapped_column(String(64), default=None)
     modules: Mapped[list[str]] = mapped_column(JSON, default=list)
     build_targets: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A CI worker of a Gitea-backed platform: its runner's id in Gitea (deregistered on terminate)
+    gitea_runner_id: Mapped[int | None] = mapped_column(Integer, default=None)
     status: Mapped[str] = mapped_column(String(32), default="registered")
     status_reason: Mapped[str | None] = mapped_column(Text, default=None)
     last_report: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -400,6 +411,13 @@ class CiRun(Base):
     reproducibility_check: Mapped[bool] = mapped_column(Boolean, default=False)
     failure_reason: Mapped[str | None] = mapped_column(String(64), default=None)  # not_reproducible, ...
     failure_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    # A run of a Gitea-backed platform: Gitea's run id once found (a dispatch returns none), when a
+    # cancel was asked of a Gitea that has no cancel endpoint, and when and how it was last synced
+    # (``sync_error``: the Gitea outage the run's state reflects, None once Gitea answers again).
+    gitea_run_id: Mapped[int | None] = mapped_column(Integer, default=None)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(default=None)
+    synced_at: Mapped[datetime | None] = mapped_column(default=None)
+    sync_error: Mapped[str | None] = mapped_column(Text, default=None)
     publication_id: Mapped[int | None] = mapped_column(
         ForeignKey("disk_image_publications.id", ondelete="SET NULL"), default=None
     )
@@ -460,6 +478,7 @@ class CiJob(Base):
     status: Mapped[str] = mapped_column(String(16), default=CiStatus.QUEUED.value)
     conclusion: Mapped[str | None] = mapped_column(String(16), default=None)
     failure_reason: Mapped[str | None] = mapped_column(String(64), default=None)  # ``worker_lost``, ...
+    gitea_job_id: Mapped[int | None] = mapped_column(Integer, default=None)  # a Gitea-backed run's job
     runner_id: Mapped[int | None] = mapped_column(
         ForeignKey("ci_runners.id", ondelete="SET NULL"), default=None
     )
