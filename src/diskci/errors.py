@@ -122,6 +122,7 @@ checks that this drawing and the classes agree:
             ├── MalformedGiteaEvent  (platform.gitea.webhooks) a signed Gitea delivery that is not its event
             ├── MalformedPushEvent   (platform.http.ci_push) not a push event's JSON
             ├── NoDefaultPublication (platform.actions.publication_diff) nothing to diff from
+            ├── NotGiteaBacked       (platform.gitea.platform_client) the platform's CI backend is not Gitea
             ├── PublicationOfAnotherPlatform  (platform.actions.publication_diff)
             ├── UnknownBuildTarget   (platform.actions.ci_workers) not an architecture diskci builds
             ├── UnknownInstanceType  (platform.providers.base) not in the provider's catalog (region)
