@@ -288,6 +288,30 @@ def _scope(database: Database, spec: ActionSpec) -> Iterator[Session]:
         yield session
 
 
+@contextmanager
+def _read_only(
+    spec: ActionSpec,
+    database: Database,
+    settings: PlatformSettings,
+    actor: str,
+    role: Role,
+    ports: Ports | None,
+) -> Iterator[ActionContext]:
+    """An action context on a read-only session (a preview, a confirmation check: they change nothing)."""
+    try:
+        with database.read_session() as session:
+            yield ActionContext(
+                session=session,
+                settings=settings,
+                actor=actor,
+                role=role,
+                database=database,
+                ports=ports or Ports(),
+            )
+    except OperationalError as exc:
+        raise DatabaseUnavailable(f"{spec.name}: the database is unavailable: {exc.orig}") from exc
+
+
 def preview_action(
     name: str,
     data: BaseModel | Mapping[str, Any] | None,
@@ -308,19 +332,8 @@ def preview_action(
     payload = parse_input(spec, data)
     if spec.preview is None:
         return {}
-    try:
-        with database.read_session() as session:
-            ctx = ActionContext(
-                session=session,
-                settings=settings,
-                actor=actor,
-                role=role,
-                database=database,
-                ports=ports or Ports(),
-            )
-            return spec.preview(ctx, payload)
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"{name}: the database is unavailable: {exc.orig}") from exc
+    with _read_only(spec, database, settings, actor, role, ports) as ctx:
+        return spec.preview(ctx, payload)
 
 
 def confirmation_needed(
@@ -340,19 +353,8 @@ def confirmation_needed(
         return spec.destructive
     check_role(spec, role)
     payload = parse_input(spec, data)
-    try:
-        with database.read_session() as session:
-            ctx = ActionContext(
-                session=session,
-                settings=settings,
-                actor=actor,
-                role=role,
-                database=database,
-                ports=ports or Ports(),
-            )
-            return spec.destructive_when(ctx, payload)
-    except OperationalError as exc:
-        raise DatabaseUnavailable(f"{name}: the database is unavailable: {exc.orig}") from exc
+    with _read_only(spec, database, settings, actor, role, ports) as ctx:
+        return spec.destructive_when(ctx, payload)
 
 
 def invoke(

@@ -150,15 +150,7 @@ def _confirm(spec: ActionSpec, request: Request, data: Any, actor: str, principa
     if confirmation_id:
         confirmations.redeem(database, confirmation_id, spec.name, arguments, actor=actor)
         return arguments
-    would_affect = preview_action(
-        spec.name,
-        arguments,
-        database=database,
-        settings=request.app.state.settings,
-        actor=actor,
-        role=principal.role,
-        ports=request.app.state.ports,
-    )
+    would_affect = preview_action(spec.name, arguments, **_caller(request, principal))
     issued = confirmations.issue(database, spec.name, arguments, actor=actor, would_affect=would_affect)
     required = ConfirmationRequired(spec.name)
     required.hint = (
@@ -177,40 +169,34 @@ def _confirm(spec: ActionSpec, request: Request, data: Any, actor: str, principa
     return JSONResponse(status_code=required.http_status, content=body)
 
 
+def _caller(request: Request, principal: Principal) -> dict[str, Any]:
+    """What ``invoke()`` and its read-only questions take of the app and the caller."""
+    state = request.app.state
+    return {
+        "database": state.database,
+        "settings": state.settings,
+        "actor": principal.actor,
+        "role": principal.role,
+        "ports": state.ports,
+    }
+
+
 def _action_endpoint(spec: ActionSpec) -> Callable[..., Coroutine[Any, Any, Any]]:
     async def endpoint(request: Request, principal: Principal) -> Any:
         data = parse_json_object(await request.body(), what=spec.name)
         actor = principal.actor
+        caller = _caller(request, principal)
         needed = spec.destructive or (
             spec.may_destroy
-            and await run_in_threadpool(
-                lambda: confirmation_needed(
-                    spec.name,
-                    data,
-                    database=request.app.state.database,
-                    settings=request.app.state.settings,
-                    actor=actor,
-                    role=principal.role,
-                    ports=request.app.state.ports,
-                )
-            )
+            and await run_in_threadpool(lambda: confirmation_needed(spec.name, data, **caller))
         )
         if needed:
             confirmed = await run_in_threadpool(_confirm, spec, request, data, actor, principal)
             if isinstance(confirmed, JSONResponse):
                 return confirmed
             data = confirmed
-        return await run_in_threadpool(
-            invoke,
-            spec.name,
-            data,
-            database=request.app.state.database,
-            settings=request.app.state.settings,
-            actor=actor,
-            role=principal.role,
-            confirmed=needed,  # redeemed above
-            ports=request.app.state.ports,
-        )
+        # confirmed: redeemed above
+        return await run_in_threadpool(lambda: invoke(spec.name, data, confirmed=needed, **caller))
 
     params = [
         inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),

@@ -35,7 +35,7 @@ import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 from mcp.server.context import ServerRequestContext
@@ -131,6 +131,9 @@ class _NotAsked:
     def __init__(self, error: DiskciError | None = None, *, direct: bool = False) -> None:
         self.error = error
         self.direct = direct
+
+
+T = TypeVar("T")
 
 
 # ---- results ---------------------------------------------------------------------------------------
@@ -280,10 +283,12 @@ class DiskciMcp:
         """The arguments validated as ``spec``'s input (after the role, as ``invoke()`` does)."""
         return confirmations.bound_arguments(spec, arguments, caller.role)
 
-    async def _preview(self, spec: ActionSpec, checked: dict[str, Any], caller: Caller) -> dict[str, Any]:
-        """What the destructive call would affect (the action's preview; it changes nothing)."""
+    async def _ask(
+        self, question: Callable[..., T], spec: ActionSpec, checked: dict[str, Any], caller: Caller
+    ) -> T:
+        """``question`` (``preview_action``, ``confirmation_needed``: they change nothing) as the caller."""
         return await anyio.to_thread.run_sync(
-            lambda: preview_action(
+            lambda: question(
                 spec.name,
                 checked,
                 database=self.database,
@@ -294,19 +299,13 @@ class DiskciMcp:
             )
         )
 
+    async def _preview(self, spec: ActionSpec, checked: dict[str, Any], caller: Caller) -> dict[str, Any]:
+        """What the destructive call would affect (the action's preview; it changes nothing)."""
+        return await self._ask(preview_action, spec, checked, caller)
+
     async def _needed(self, spec: ActionSpec, checked: dict[str, Any], caller: Caller) -> bool:
         """Whether this call must be confirmed (always for a destructive action; by state otherwise)."""
-        return await anyio.to_thread.run_sync(
-            lambda: confirmation_needed(
-                spec.name,
-                checked,
-                database=self.database,
-                settings=self.settings,
-                actor=caller.actor,
-                role=caller.role,
-                ports=self.ports,
-            )
-        )
+        return await self._ask(confirmation_needed, spec, checked, caller)
 
     def action_tool(self, spec: ActionSpec) -> Tool:
         if spec.may_destroy:
