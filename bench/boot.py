@@ -7,11 +7,14 @@ its iPXE ROM with ``bootfile=http://10.0.2.2:PORT/amd64/boot.ipxe`` and times ea
 and as the phase since the previous milestone (iPXE's DHCP, the kernel and initramfs fetch, the kernel's
 boot, the init's modules and DHCP, the root image download, its sha256 check, the mount, systemd).
 
-With ``--secureboot`` it then boots the same build the Secure Boot way: OVMF's secboot firmware with
-a throwaway fleet key enrolled (``diskci platform secureboot``'s steps), the firmware loading and
-verifying the platform-signed ``uki.efi`` itself (QEMU ``-kernel``, through LoadImage), the root image
-over HTTP as before, and prints both medians side by side. (Under Secure Boot, OVMF refuses Debian's
-unsigned iPXE option ROM, so the UKI reaches the firmware by fw_cfg here rather than by iPXE's HTTP.)
+With ``--secureboot`` it then boots the same build through the Secure Boot network chain a fleet
+uses: OVMF's secboot firmware with a throwaway fleet key enrolled (``diskci platform secureboot``'s
+steps), Debian's iPXE signed by that key as the boot loader (QEMU ``-kernel``: the firmware's
+LoadImage checks it), DHCP's ``bootfile`` pointing at ``/boot.ipxe``, and the platform's own scripts
+(``boot_chain_script``, then ``boot_script`` for a publication with a signed UKI) served with the
+files where the platform serves them (``/netboot/1/amd64/``): iPXE chains the fleet-signed UKI, the
+firmware verifies it, and its initramfs fetches and checks the root image as before. It prints the
+same phase breakdown for that chain and both medians side by side.
 
 Run: ``.venv/bin/python bench/boot.py [--build-dir DIR] [--runs N] [--secureboot]`` (default 3 runs)
 """
@@ -22,6 +25,7 @@ import argparse
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,42 +103,100 @@ def boot_once(build_dir: Path) -> dict[str, float]:
 
 
 SECUREBOOT_MILESTONES = (
+    ("iPXE start", r"iPXE initialising devices"),
+    ("boot.ipxe fetched", r"boot\.ipxe : \d+ bytes"),
+    ("UKI chained", r"diskci: chaining the signed UKI"),
+    ("UKI fetched", r"uki\.signed\.efi\.\.\..*ok"),
     ("initramfs running", r"diskci: starting"),
     ("network up", r"diskci: network up"),
+    ("root downloaded", r"diskci: fetched \d+ bytes"),
     ("root verified", r"diskci: verified sha256"),
+    ("switch_root", r"diskci: switching root"),
     ("booted", r"diskci: booted "),
 )
+PUBLICATION = 1  # the publication id the served layout and the signed command line name
 
 
-def secureboot_boot_once(build_dir: Path, work: Path) -> dict[str, float]:
-    """One boot of the fleet-signed UKI under OVMF Secure Boot (see the module docstring)."""
+def secureboot_layout(build_dir: Path, work: Path, served: Path, port: int) -> Path:
+    """Fill ``served`` as the platform would serve it on ``port`` (``boot.ipxe``, ``ipxe``,
+    ``netboot/1/amd64/``, with the platform's own functions); returns the fleet-signed iPXE. The
+    variable store with the fleet key enrolled is ``work/vars.fd``."""
     from diskci.formats import pe
+    from diskci.manifest import BuildManifest
+    from diskci.platform.secureboot.ipxe import signed_ipxe
     from diskci.platform.secureboot.keys import FleetKey
     from diskci.platform.secureboot.signer import SbsignSigner
     from diskci.platform.secureboot.signing import signed_cmdline
-    from diskci.platform.secureboot.varstore import FIRMWARE, write_varstore
+    from diskci.platform.secureboot.varstore import write_varstore
+    from diskci.platform.services.netboot import (
+        BootRequest,
+        BootTarget,
+        boot_chain_script,
+        boot_script,
+    )
 
     key = FleetKey(work / "key" / "db.key", work / "key" / "db.crt")
     if not key.exists():
         key.rotate()
-    varstore = work / "vars.fd"
-    write_varstore(varstore, "amd64", key.certificate())
-    with serve_directory(build_dir) as (port, _):
-        data = (build_dir / "amd64" / "uki.efi").read_bytes()
-        cmdline = signed_cmdline(
-            pe.PeImage.parse(data).section_data(".cmdline").decode(),
-            base_url=f"http://10.0.2.2:{port}",
-            publication_id=1,
-            arch="amd64",
-            not_after=4102444800,
-        ).replace("/netboot/1/amd64/rootfs.img", "/amd64/rootfs.img")
-        uki = work / "signed.efi"
-        uki.write_bytes(SbsignSigner(key).sign(pe.replace_last_section(data, ".cmdline", cmdline.encode())))
+    signer = SbsignSigner(key)
+    write_varstore(work / "vars.fd", "amd64", key.certificate())
+    base = f"http://10.0.2.2:{port}"
+    files = served / "netboot" / str(PUBLICATION) / "amd64"
+    files.mkdir(parents=True, exist_ok=True)
+    for name in ("vmlinuz", "initramfs.img", "rootfs.img"):
+        link = files / name
+        if not link.exists():
+            link.symlink_to((build_dir / "amd64" / name).resolve())
+    data = (build_dir / "amd64" / "uki.efi").read_bytes()
+    cmdline = signed_cmdline(
+        pe.PeImage.parse(data).section_data(".cmdline").decode().rstrip("\0"),
+        base_url=base,
+        publication_id=PUBLICATION,
+        arch="amd64",
+        not_after=4102444800,
+    )
+    (files / "uki.signed.efi").write_bytes(
+        signer.sign(pe.replace_last_section(data, ".cmdline", cmdline.encode()))
+    )
+    manifest = BuildManifest.load(build_dir)
+    root = manifest.arch("amd64").artifact("rootfs.img")
+    spec = manifest.spec
+    target = BootTarget(
+        platform=manifest.platform,
+        publication_id=PUBLICATION,
+        version=manifest.version,
+        arch="amd64",
+        root_sha256=root.sha256,
+        cmdline=(spec.get("arch_kernel_cmdline") or {}).get("amd64") or spec.get("kernel_cmdline") or "",
+        node_id=None,
+        root_size=root.size,
+        signed_uki=True,
+    )
+    request = BootRequest(mac=None, uuid=None, platform=manifest.platform, arch="amd64")
+    (served / "boot.ipxe").write_text(boot_chain_script(base))
+    (served / "ipxe").write_text(boot_script(target, base, request))  # /ipxe?mac=..: the query is ignored
+    ipxe = work / "ipxe.signed.efi"
+    if not ipxe.exists():
+        ipxe.write_bytes(signed_ipxe(signer, "amd64"))
+    return ipxe
+
+
+def secureboot_boot_once(build_dir: Path, work: Path) -> dict[str, float]:
+    """One boot through the Secure Boot iPXE chain (see the module docstring)."""
+    from diskci.platform.secureboot.varstore import FIRMWARE
+
+    served = work / "served"
+    served.mkdir(exist_ok=True)
+    with serve_directory(served) as (port, _):
+        ipxe = secureboot_layout(build_dir, work, served, port)
+        varstore = work / "run-vars.fd"
+        shutil.copyfile(work / "vars.fd", varstore)
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-machine", "q35,smm=on"]
         argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
         argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={FIRMWARE['amd64']}"]
-        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={varstore}", "-kernel", str(uki)]
-        argv += ["-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]
+        argv += ["-drive", f"if=pflash,format=raw,unit=1,file={varstore}", "-kernel", str(ipxe)]
+        argv += ["-netdev", f"user,id=n0,bootfile=http://10.0.2.2:{port}/boot.ipxe"]
+        argv += ["-device", "virtio-net-pci,netdev=n0,romfile="]
         argv += ["-no-reboot", "-nographic"]
         stamps: list[tuple[float, str]] = []
         done = threading.Event()
@@ -157,7 +219,7 @@ def main() -> None:
     )
     parser.add_argument("--build-dir", type=Path, help="an existing build directory (default: build one)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--secureboot", action="store_true", help="also time the Secure Boot UKI path")
+    parser.add_argument("--secureboot", action="store_true", help="also time the Secure Boot iPXE chain")
     args = parser.parse_args()
     secure: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="diskci-bench-boot-") as tmp:
@@ -174,20 +236,27 @@ def main() -> None:
         for i in range(args.runs if args.secureboot else 0):
             secure.append(secureboot_boot_once(build_dir, Path(tmp)))
             print(f"secure boot run {i + 1}: booted after {secure[-1]['booted']:.1f} s", flush=True)
-    print(f"{'milestone':24s} {'from start':>10s} {'phase':>8s}   (medians of {len(runs)} runs)")
+    print_phases("milestone", runs, MILESTONES)
+    if secure:
+        print()
+        print_phases("Secure Boot iPXE chain", secure, SECUREBOOT_MILESTONES)
+        print(f"\n{'Secure Boot iPXE chain':24s} {'from start':>10s}   today's path   (medians)")
+        for name, _ in SECUREBOOT_MILESTONES:
+            today = _median([r.get(name, math.nan) for r in runs])
+            print(f"{name:24s} {_median([r[name] for r in secure]):8.2f} s   {today:8.2f} s")
+        sb, legacy = _median([r["booted"] for r in secure]), _median([r["booted"] for r in runs])
+        print(f"Secure Boot / today's path: {sb / legacy:.2f}")
+
+
+def print_phases(title: str, runs: list[dict[str, float]], milestones: tuple[tuple[str, str], ...]) -> None:
+    """Each milestone's median time from QEMU's start and the median phase since the one before."""
+    print(f"{title:24s} {'from start':>10s} {'phase':>8s}   (medians of {len(runs)} runs)")
     previous = [0.0] * len(runs)
-    for name, _ in MILESTONES:
+    for name, _ in milestones:
         values = [r[name] for r in runs]
         phases = [v - p for v, p in zip(values, previous, strict=True)]
         previous = [p if math.isnan(v) else v for v, p in zip(values, previous, strict=True)]
         print(f"{name:24s} {_median(values):8.2f} s {_median(phases):6.2f} s")
-    if secure:
-        print(f"\n{'Secure Boot UKI path':24s} {'from start':>10s}   today's path   (medians)")
-        for name, _ in SECUREBOOT_MILESTONES:
-            today = _median([r[name] for r in runs])
-            print(f"{name:24s} {_median([r[name] for r in secure]):8.2f} s   {today:8.2f} s")
-        sb, legacy = _median([r["booted"] for r in secure]), _median([r["booted"] for r in runs])
-        print(f"Secure Boot / today's path: {sb / legacy:.2f}")
 
 
 def _median(values: list[float]) -> float:

@@ -8,6 +8,13 @@ headers, interleaved so both see the same server. Prints each action's median in
 client / raw, then the ratio of the summed medians (goal ≤ 1.20). It measures diskci's overhead on
 top of the HTTP round trip, not Gitea's own latency.
 
+Then the CI actions through the gitea backend: ``get_gitea_workflow_run`` (Gitea's run and its jobs,
+mirrored into the database, answered from it) and ``get_gitea_job_logs`` (a page of the log), called
+with ``invoke()`` on a platform configured for the same fake (SQLite database in a temporary directory),
+against the direct REST calls the action needs (``GET`` run + jobs; ``GET`` the log), interleaved the
+same way. Prints each action's medians and ratio, then the ratio of the summed medians (goal ≤ 1.20):
+the cost of the backend (authorization, input validation, database read and mirror write, mapping).
+
 Usage: ``python bench/gitea.py [--calls 300]``
 """
 
@@ -17,8 +24,9 @@ import argparse
 import logging
 import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -26,8 +34,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
+from diskci.platform.actions.catalog import invoke  # noqa: E402
+from diskci.platform.db.models import CiRun, Role  # noqa: E402
+from diskci.platform.db.session import Database  # noqa: E402
 from diskci.platform.gitea.client import GiteaClient  # noqa: E402
 from diskci.platform.gitea.models import RunnerScope  # noqa: E402
+from diskci.platform.settings import PlatformSettings  # noqa: E402
 from fake_gitea import FakeGitea, served  # noqa: E402
 
 OWNER, NAME = "ops", "images"
@@ -50,6 +62,78 @@ def timed(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
+
+
+Pair = tuple[str, Callable[[], object], Callable[[], object]]
+
+
+def compare(pairs: Sequence[Pair], calls: int, left: str, right: str) -> float:
+    """Each pair's medians over ``calls`` interleaved calls; the ratio of the summed medians."""
+    total_left = total_right = 0.0
+    for name, left_call, right_call in pairs:
+        left_call(), right_call()  # warm-up
+        left_t, right_t = [], []
+        for _ in range(calls):
+            left_t.append(timed(left_call))
+            right_t.append(timed(right_call))
+        a, b = statistics.median(left_t), statistics.median(right_t)
+        total_left, total_right = total_left + a, total_right + b
+        print(f"  {name:<22} {left} {a * 1000:6.2f} ms  {right} {b * 1000:6.2f} ms  ratio {a / b:.2f}")
+    return total_left / total_right
+
+
+def backend_actions(url: str, fake: FakeGitea, calls: int) -> float:
+    """The CI actions through the gitea backend (``invoke()``) against the direct REST calls they need."""
+    with tempfile.TemporaryDirectory(prefix="diskci-bench-gitea-") as tmp:
+        settings = PlatformSettings(
+            state_dir=Path(tmp) / "state",
+            database_url=f"sqlite:///{tmp}/platform.db",
+            queue_url=f"sqlite:///{tmp}/queue.db",
+            secret_key="bench-gitea-secret-key-" + "b" * 32,
+            public_base_url="http://127.0.0.1:8480",
+        )
+        database = Database(settings.database_url)
+        database.upgrade()
+
+        def call(action: str, **data: object) -> object:
+            return invoke(action, data, database=database, settings=settings, actor="bench", role=Role.ADMIN)
+
+        call("system_create_node_platform", name="bench", architectures=["amd64", "arm64"],
+             registry_repository="127.0.0.1:5000/ops/disk-images/bench",
+             cosign_identity_regexp=r"^https://ci\.example/ops/images/.+$",
+             cosign_oidc_issuer="https://ci.example")  # fmt: skip
+        call("system_configure_disk_image_ci", node_platform="bench", ci_backend="gitea", gitea_url=url,
+             gitea_repository=f"{OWNER}/{NAME}", gitea_token=fake.token)  # fmt: skip
+        run_id = call("bootstrap_disk_image_ci", node_platform="bench", ref="main").run_id  # type: ignore[attr-defined]
+        with database.read_session() as session:
+            run = session.get(CiRun, run_id)
+            assert run is not None and run.gitea_run_id is not None
+            gitea_run = run.gitea_run_id
+        job = fake.job_ids(gitea_run)[0]
+        fake.set_job(job, status="in_progress", log="".join(f"row {i}: building\n" for i in range(2000)))
+        headers = {"Authorization": f"token {fake.token}", "Accept": "application/json"}
+        runs = f"/repos/{OWNER}/{NAME}/actions/runs"
+        with httpx.Client(base_url=url + "/api/v1", headers=headers) as raw:
+
+            def raw_run() -> None:
+                raw.get(f"{runs}/{gitea_run}").raise_for_status().json()
+                raw.get(f"{runs}/{gitea_run}/jobs", params={"page": 1, "limit": 50}).raise_for_status().json()
+
+            def raw_log() -> str:
+                return raw.get(f"/repos/{OWNER}/{NAME}/actions/jobs/{job}/logs").raise_for_status().text
+
+            def action_log() -> object:
+                return call("get_gitea_job_logs", run_id=run_id, job_name="build amd64")
+
+            pairs: list[Pair] = [
+                ("get_gitea_workflow_run", lambda: call("get_gitea_workflow_run", run_id=run_id), raw_run),
+                ("get_gitea_job_logs", action_log, raw_log),
+            ]
+            print(f"CI actions through the gitea backend against direct REST, {calls} calls each")
+            ratio = compare(pairs, calls, "action", "rest")
+        database.dispose()
+    print(f"  all actions: ratio {ratio:.2f} (goal ≤ 1.20)")
+    return ratio
 
 
 def main() -> int:
@@ -86,18 +170,9 @@ def main() -> int:
         ]  # fmt: skip
         gitea.version()  # asked once per client: not part of any action
         print(f"GiteaClient against raw httpx, {args.calls} calls each (fake Gitea 1.25 on 127.0.0.1)")
-        total_client = total_raw = 0.0
-        for name, client_call, raw_call in actions:
-            client_call(), raw_call()  # warm-up
-            client_t, raw_t = [], []
-            for _ in range(args.calls):
-                client_t.append(timed(client_call))
-                raw_t.append(timed(raw_call))
-            c, r = statistics.median(client_t), statistics.median(raw_t)
-            total_client, total_raw = total_client + c, total_raw + r
-            print(f"  {name:<13} client {c * 1000:6.2f} ms  raw {r * 1000:6.2f} ms  ratio {c / r:.2f}")
-    ratio = total_client / total_raw
-    print(f"  all actions: ratio {ratio:.2f} (goal ≤ 1.20)")
+        ratio = compare(actions, args.calls, "client", "raw")
+        print(f"  all calls: ratio {ratio:.2f} (goal ≤ 1.20)")
+        backend_actions(url, fake, args.calls)
     return 0
 
 

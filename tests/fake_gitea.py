@@ -25,7 +25,9 @@ Fault knobs: ``fail_next(n, status=500)`` answers the next n calls with that sta
 body; ``set_delay(seconds, count=None)`` holds every answer (or the next ``count``) that long before
 handling it (a client's timeout; the call still takes effect, as on a slow Gitea); both can be
 limited to paths containing a string. ``requests`` records each call (method, path) for asserting retries.
-Tests add repositories, runs, jobs, logs and runners directly (``add_*``, ``set_*``).
+Tests add repositories, runs, jobs, logs and runners directly (``add_*``, ``set_*``, ``set_steps``);
+``delivery(event, id)`` is the body Gitea's webhook would post for a run (``workflow_run``) or a job
+(``workflow_job``), in the REST API's shapes; this fake sends no webhooks itself.
 """
 
 from __future__ import annotations
@@ -209,6 +211,33 @@ class FakeGitea:
             run["status"] = "in_progress"
             if run["started_at"] == EPOCH:
                 run["started_at"] = _now()
+
+    def set_steps(self, job_id: int, steps: list[tuple[str, str, str]]) -> None:
+        """A job's steps as (name, status, conclusion), numbered from 1."""
+        with self.lock:
+            self.jobs[job_id]["steps"] = [
+                {"name": name, "number": i + 1, "status": status, "conclusion": conclusion,
+                 "started_at": _now(), "completed_at": _now() if status == "completed" else EPOCH}
+                for i, (name, status, conclusion) in enumerate(steps)
+            ]  # fmt: skip
+
+    def delivery(self, event: str, object_id: int, *, action: str = "") -> dict[str, Any]:
+        """The body of Gitea's ``workflow_run`` (object_id: a run) or ``workflow_job`` (a job) webhook."""
+        with self.lock:
+            if event == "workflow_run":
+                run = self.runs[object_id]
+                body = {k: v for k, v in run.items() if not k.startswith("_")}
+                owner, repo = run["_repo"]
+                key, action = (
+                    "workflow_run",
+                    action or ("completed" if run["status"] == "completed" else "requested"),
+                )
+            else:
+                job = dict(self.jobs[object_id])
+                owner, repo = self.runs[job["run_id"]]["_repo"]
+                key, body, action = "workflow_job", job, action or job["status"]
+        return {"action": action, key: body, "repository": {"full_name": f"{owner}/{repo}"},
+                "sender": {"login": "ops"}}  # fmt: skip
 
     def fail_next(self, count: int, *, status: int = 500, path_contains: str = "") -> None:
         with self.lock:

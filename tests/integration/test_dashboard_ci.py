@@ -211,7 +211,9 @@ def test_events_filter_by_type_reason_and_platform(
     assert "ci_run_queued" in by_type and ">netboot_report<" not in by_type
     by_reason = platform_client.get("/events", params={"reason": "booted"}).text
     assert ">netboot_report<" in by_reason and ">ci_run_queued<" not in by_reason
-    assert "No event matches" in platform_client.get("/events", params={"type": "nothing_like_this"}).text
+    unknown = platform_client.get("/events", params={"type": "nothing_like_this"})
+    assert unknown.status_code == 400 and "unknown event type" in unknown.text  # not an empty answer
+    assert "No event matches" in platform_client.get("/events", params={"type": "api_token_revoked"}).text
     by_platform = platform_client.get("/events", params={"platform": "debian-12-amd64"}).text
     assert ">ci_run_queued<" in by_platform and ">netboot_report<" in by_platform
     assert platform_client.get("/events", params={"until": "yesterday"}).status_code == 400

@@ -2,7 +2,9 @@
 
 The key pair lives in the files the settings name (``DISKCI_SECUREBOOT_KEY_FILE``/``_CERT_FILE``,
 default ``<state dir>/secureboot/db.key`` and ``db.crt``), never in the database. ``rotate`` makes a new
-pair (retiring the old one) and signs every platform's default publication with it.
+pair (retiring the old one) and signs every platform's default publication with it. ``export --ipxe``
+signs iPXE's EFI binary with the fleet key (the signer the settings name), so a Secure Boot machine's
+firmware starts it and it chains the platform's signed UKI.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ if TYPE_CHECKING:
     from diskci.platform.settings import PlatformSettings
 
 secureboot_app = typer.Typer(
-    help="The fleet's Secure Boot key: show, export (DER/PEM, OVMF/AAVMF variables), rotate.",
+    help="The fleet's Secure Boot key: show, export (DER/PEM, OVMF/AAVMF variables, signed iPXE), rotate.",
     no_args_is_help=True,
 )
 
@@ -62,30 +64,59 @@ def show(state_dir: Path = StateDirOption, json_out: bool = JsonOption) -> None:
 
 @secureboot_app.command("export")
 def export(
-    out: Path = typer.Option(..., "--out", help="Where to write the certificate (or the variable store)."),
-    fmt: CertFormat = typer.Option(CertFormat.pem, "--format", help="pem or der (ignored with --vars)."),
+    out: Path = typer.Option(
+        ..., "--out", help="Where to write the certificate (the variable store, the signed iPXE)."
+    ),
+    fmt: CertFormat = typer.Option(
+        CertFormat.pem, "--format", help="pem or der (ignored with --vars, --ipxe)."
+    ),
     vars_for: str = typer.Option(
         "", "--vars", help="Write a UEFI variable store instead, for amd64 (OVMF) or arm64 (AAVMF)."
     ),
     with_retired: bool = typer.Option(False, "--with-retired", help="Also enrol retired certificates in db."),
+    ipxe_for: str = typer.Option(
+        "", "--ipxe", help="Write iPXE (EFI) signed by the fleet key instead, for amd64 or arm64."
+    ),
+    ipxe_source: Path | None = typer.Option(
+        None, "--ipxe-source", help="The unsigned iPXE EFI binary to sign (default: Debian's ipxe.efi)."
+    ),
     state_dir: Path = StateDirOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Export the certificate for enrolment in firmware (DER or PEM), or a ready VM variable store
-    with it enrolled as PK, KEK and db and Secure Boot on.
+    """Export the certificate for enrolment in firmware (DER or PEM), a ready VM variable store
+    with it enrolled as PK, KEK and db and Secure Boot on, or iPXE signed by the fleet key (the boot
+    loader a Secure Boot machine's firmware starts; it chains the platform's signed UKI).
 
     Example: [bold]diskci platform secureboot export --out fleet.der --format der[/]
     Example: [bold]diskci platform secureboot export --vars amd64 --out OVMF_VARS_fleet.fd[/]
+    Example: [bold]diskci platform secureboot export --ipxe amd64 --out ipxe.signed.efi[/]
     """
+    from diskci.errors import UsageError
     from diskci.platform.secureboot.keys import FleetKey
     from diskci.platform.secureboot.varstore import write_varstore
 
-    key = FleetKey.from_settings(_settings(state_dir))
-    cert = key.certificate()
-    if vars_for:
+    if vars_for and ipxe_for:
+        raise UsageError("--vars and --ipxe each write one file: give one of them")
+    if ipxe_source is not None and not ipxe_for:
+        raise UsageError("--ipxe-source names the binary --ipxe signs: give --ipxe ARCH too")
+    settings = _settings(state_dir)
+    key = FleetKey.from_settings(settings)
+    if ipxe_for:
+        from diskci import atomic
+        from diskci.platform.secureboot.ipxe import default_ipxe, signed_ipxe
+        from diskci.platform.secureboot.signer import load_signer
+
+        signer = load_signer(settings)
+        cert = signer.certificate()
+        source = ipxe_source or default_ipxe(ipxe_for)
+        atomic.write_bytes(out, signed_ipxe(signer, ipxe_for, source))
+        what = f"{ipxe_for} iPXE signed by the fleet key (from {source})"
+    elif vars_for:
+        cert = key.certificate()
         write_varstore(out, vars_for, cert, also_db=key.retired() if with_retired else ())
         what = f"{vars_for} variable store"
     else:
+        cert = key.certificate()
         out.write_bytes(cert.der if fmt is CertFormat.der else cert.pem)
         what = f"certificate ({fmt.value})"
     result = {"written": str(out), "what": what, "sha256_fingerprint": cert.fingerprint}

@@ -42,11 +42,21 @@ EVENT_TYPES: dict[str, str] = {
     "ci_run_reproducible": "a reproducibility check's two builds were byte-identical",
     "ci_run_not_reproducible": "a reproducibility check's two builds differ (which artifacts)",
     "ci_job_worker_lost": "a job's worker stopped renewing its lease: the job failed worker_lost",
+    "ci_run_dispatch_failed": "Gitea refused a run's dispatch (gitea_refused) or never showed its run"
+    " (gitea_run_not_found): the run failed",
+    "ci_run_sync_failed": "Gitea could not be read for a run (once per outage; the run shows sync_error)",
+    "ci_run_discovered": "a Gitea run diskci did not dispatch (a tag push in Gitea) got a CI run",
+    "ci_run_cancel_requested": "a run's cancel was asked of a Gitea without a cancel API"
+    " (gitea_has_no_cancel: its runners were deregistered), or before its Gitea run was found",
     "ci_worker_provisioning": "a CI worker was asked for (its provider, region, type, labels)",
     "ci_worker_provisioned": "a CI worker's machine was made and its runner registered",
     "ci_worker_provisioning_failed": "making a CI worker's machine failed (reason)",
     "ci_worker_terminating": "a CI worker is being decommissioned",
     "ci_worker_job_cancelled": "a job in flight was cancelled by its worker's decommission (operator notice)",
     "ci_worker_terminated": "a CI worker's runner was deregistered and its machine destroyed",
+    "ci_worker_runner_deregistered": (
+        "a Gitea-backed CI worker's runner was deleted in Gitea (reason: runner_already_gone, "
+        "runner_not_registered, ... when there was nothing to delete)"
+    ),
     "ci_worker_termination_failed": "destroying a CI worker's machine failed (reason)",
 }

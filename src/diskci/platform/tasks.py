@@ -1,6 +1,7 @@
 """The platform's task queue: a factory building the huey instance for a ``PlatformSettings``, with
 the queued work registered on it (publication processing, daily retention, CI job lease expiry every
-30 s: ``expire_ci_jobs``, whose lost jobs each get a ``ci_job_worker_lost`` event).
+30 s: ``expire_ci_jobs``, whose lost jobs each get a ``ci_job_worker_lost`` event; the polling of
+Gitea-backed CI runs, ``ci.gitea_polling``: a chain of rounds, started every minute when none is alive).
 
 ``TaskQueue(settings)`` is the one way to get the queue: ``diskci platform serve`` consumes it in
 threads, ``diskci platform consume`` in a queue consumer process, the HTTP app enqueues on it, and the
@@ -47,6 +48,7 @@ from sqlalchemy.exc import IntegrityError
 from diskci.errors import DiskciError, UsageError
 from diskci.platform.db.models import Task, TaskStatus, WebhookDelivery
 from diskci.platform.db.session import Database, get_database
+from diskci.platform.secrets import SecretBox
 from diskci.platform.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -456,8 +458,30 @@ def _register(queue: TaskQueue, huey: Huey) -> _Registered:
 
         return resign_defaults_if_configured(settings, queue.database())
 
+    from diskci.platform.ci import gitea_polling
+
+    gitea_poller = gitea_polling.GiteaRunPoller()
+
+    def sync_gitea_runs(chain: str) -> float | None:
+        """One round of Gitea-backed run polling (back-off per run, 2 s to 60 s); schedules the next."""
+        box = SecretBox(key=settings.resolve_secret_key())
+        delay = gitea_polling.chain_round(huey, chain, gitea_poller, queue.database(), box)
+        if delay is not None:
+            sync_gitea_runs_task.schedule((chain,), delay=delay)
+        return delay
+
+    sync_gitea_runs_task = huey.task(name="sync_gitea_runs")(sync_gitea_runs)
+
+    def sync_gitea_runs_periodic() -> str | None:
+        """Every minute: start the Gitea run polling chain when none is alive."""
+        chain = gitea_polling.start_chain(huey)
+        if chain is not None:
+            sync_gitea_runs_task(chain)
+        return chain
+
     schedule = crontab(minute=str(settings.retention_minute), hour=str(settings.retention_hour))
     huey.periodic_task(schedule, name="secureboot_resign_daily")(secureboot_resign_daily)
+    huey.periodic_task(crontab(minute="*"), name="sync_gitea_runs_periodic")(sync_gitea_runs_periodic)
     return _Registered(
         huey=huey,
         process_publication=huey.task(

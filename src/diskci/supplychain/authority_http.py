@@ -162,7 +162,7 @@ def create_app(
     @app.post("/api/v2/signingCert")
     async def signing_cert(
         request: Request, authorization: Annotated[str | None, Header()] = None
-    ) -> dict[str, Any]:
+    ) -> JSONResponse:
         body = await _json_body(request, MAX_CERT_REQUEST_BYTES)
         scheme, _, token = (authorization or "").partition(" ")
         token = token.strip() if scheme.lower() == "bearer" else ""
@@ -171,18 +171,18 @@ def create_app(
         if not token:
             raise IdTokenRefused("missing ID token: send Authorization: Bearer <the CI job's OIDC ID token>")
         # 1. the token: a trusted issuer's, for the audience, unexpired, signed by its JWKS' key
-        who = await run_in_threadpool(tokens.verify, token)
+        # (on the event loop when its keys are cached: CPU only; off it when they must be fetched)
+        who = tokens.verify_cached(token)
+        if who is None:
+            who = await run_in_threadpool(tokens.verify, token)
         # 2. the key, and its holder's proof of possession
         key = _requested_key(body, who.subject)
         # 3. a short-lived certificate naming the token's identity, issuer and CI claims
         leaf = authority.issue_certificate(
             key, identity=who.identity, issuer=who.issuer, extensions=ci_extensions(who.claims)
         )
-        return {
-            "signedCertificateEmbeddedSct": {
-                "chain": {"certificates": [pem(leaf), *map(pem, authority.chain())]}
-            }
-        }
+        chain = {"certificates": [pem(leaf), *map(pem, authority.chain())]}
+        return JSONResponse({"signedCertificateEmbeddedSct": {"chain": chain}})
 
     @app.get("/api/v2/trustBundle")
     def trust_bundle() -> dict[str, Any]:

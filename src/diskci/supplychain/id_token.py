@@ -2,7 +2,8 @@
 
 Public API:
 
-- ``IdTokenVerifier(issuers, audience=...)``, ``.verify(token) -> JobIdentity``: what
+- ``IdTokenVerifier(issuers, audience=...)``, ``.verify(token) -> JobIdentity`` (and
+  ``.verify_cached(token)``, the same checks without fetching, None when keys must be fetched): what
   ``diskci authority serve`` checks before it issues a certificate. Only the configured issuers are
   trusted, and only their keys fetched: ``<iss>/.well-known/openid-configuration`` gives the
   ``jwks_uri`` (its ``issuer`` must be ``iss``), whose keys are cached (``CACHE_TTL``) and fetched
@@ -206,16 +207,25 @@ class IdTokenVerifier:
                 continue  # a key type this verifier does not use
         return keys
 
-    def _key(self, issuer: str, kid: str) -> jwt.PyJWK:
+    def _key(self, issuer: str, kid: str, *, fetch: bool = True) -> jwt.PyJWK | None:
+        """``issuer``'s key ``kid``, its keys fetched again when stale or to look for a new ``kid``;
+        without ``fetch``, None when that fetch would be needed (or another thread is fetching:
+        it never waits)."""
         cache = self.issuers[issuer]
-        with cache.lock:
+        if not cache.lock.acquire(blocking=fetch):
+            return None
+        try:
             now = self._clock()
             stale = cache.fetched_at is None or now - cache.fetched_at > CACHE_TTL
             may_refresh = cache.fetched_at is None or now - cache.fetched_at > REFRESH_INTERVAL
             if stale or (kid not in cache.keys and may_refresh):
+                if not fetch:
+                    return None
                 cache.keys = self._fetch_keys(issuer)
                 cache.fetched_at = now
             key = cache.keys.get(kid)
+        finally:
+            cache.lock.release()
         if key is None:
             raise IdTokenRefused(f"the ID token's key {kid!r} is not one of {issuer}'s keys")
         return key
@@ -223,6 +233,17 @@ class IdTokenVerifier:
     # --- verifying ---------------------------------------------------------------------------------
     def verify(self, token: str) -> JobIdentity:
         """The identity ``token`` carries, once every check passed; else ``IdTokenRefused``."""
+        identity = self._verify(token, fetch=True)
+        assert identity is not None  # with fetch, a key is found or the token refused
+        return identity
+
+    def verify_cached(self, token: str) -> JobIdentity | None:
+        """``verify(token)`` when the issuer's cached keys are fresh enough to decide, without any
+        network I/O (an async server calls it on its event loop); None when they must be fetched
+        first (then nothing has been accepted: call ``verify``, off the event loop)."""
+        return self._verify(token, fetch=False)
+
+    def _verify(self, token: str, *, fetch: bool) -> JobIdentity | None:
         # 1. a JWT, of a bounded size, with an accepted algorithm and a key id
         claims = unverified_claims(token)
         try:
@@ -243,7 +264,9 @@ class IdTokenVerifier:
                 f"(trusted: {', '.join(sorted(self.issuers))})"
             )
         # 3. the issuer's key, the signature, the audience and the times
-        key = self._key(issuer, kid)
+        key = self._key(issuer, kid, fetch=fetch)
+        if key is None:
+            return None
         if key.algorithm_name != alg:
             raise IdTokenRefused(f"the ID token says {alg} but key {kid!r} is an {key.algorithm_name} key")
         try:

@@ -11,7 +11,8 @@ For every entry the log gives what a Rekor v1 response gives and what sigstore-p
 index, the integrated time, an inclusion proof against the tree right after the append, a signed
 checkpoint (signed note, https://github.com/transparency-dev/formats/blob/main/log/README.md) over that
 tree head, and a signed entry timestamp (SET) over the RFC 8785 form of
-``{body, integratedTime, logID, logIndex}``.
+``{body, integratedTime, logID, logIndex}``. What has been read is kept as a ``MerkleTree`` (every
+complete subtree's hash), so an append and its proofs cost O(log² n) hashes, not O(n).
 """
 
 from __future__ import annotations
@@ -152,6 +153,96 @@ def verify_consistency(old: int, new: int, old_root: bytes, new_root: bytes, pat
         raise SupplyChainError(f"the tree of size {old} is not a prefix of the tree of size {new}")
 
 
+class MerkleTree:
+    """The RFC 6962 hashes of a growing list of leaf hashes, every complete subtree's hash kept.
+
+    ``levels[h][i]`` is the hash of the 2**h leaves from ``i * 2**h``: an append adds O(log n)
+    node hashes, and the root, an inclusion proof or a consistency proof of any size up to ``len()``
+    takes O(log² n) lookups and hashes instead of rehashing every leaf (the list functions above do
+    that, and give the same bytes). Nodes are only ever added: a tree of a smaller size is a prefix.
+    """
+
+    def __init__(self, leaves: Sequence[bytes] = ()) -> None:
+        self.levels: list[list[bytes]] = [[]]
+        for leaf in leaves:
+            self.append(leaf)
+
+    def __len__(self) -> int:
+        return len(self.levels[0])
+
+    def append(self, leaf: bytes) -> None:
+        self.levels[0].append(leaf)
+        height = 0
+        while len(self.levels[height]) % 2 == 0:
+            left, right = self.levels[height][-2:]
+            if height + 1 == len(self.levels):
+                self.levels.append([])
+            self.levels[height + 1].append(node_hash(left, right))
+            height += 1
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= len(self):
+            raise SupplyChainError(f"transparency log: no tree of size {size} (it has {len(self)} leaves)")
+
+    def _hash(self, start: int, end: int) -> bytes:
+        """MTH(D[start:end]) for the ranges RFC 6962's recursion visits: ``start`` is a multiple of
+        every power of two not over ``end - start``, so each left part is a kept complete subtree."""
+        n = end - start
+        if n == 0:
+            return hashlib.sha256(b"").digest()
+        height = n.bit_length() - 1
+        if n == 1 << height:
+            return self.levels[height][start >> height]
+        k = 1 << height  # the largest power of two smaller than n
+        return node_hash(self.levels[height][start >> height], self._hash(start + k, end))
+
+    def root(self, size: int | None = None) -> bytes:
+        """MTH of the first ``size`` leaves (all by default)."""
+        size = len(self) if size is None else size
+        self._check_size(size)
+        return self._hash(0, size)
+
+    def inclusion_path(self, index: int, size: int | None = None) -> list[bytes]:
+        """PATH(index, D[size]), as ``inclusion_path(index, leaves[:size])``."""
+        size = len(self) if size is None else size
+        self._check_size(size)
+        if not 0 <= index < size:
+            raise SupplyChainError(f"transparency log: leaf {index} is not in a tree of size {size}")
+        path: list[bytes] = []
+        start, end = 0, size
+        while end - start > 1:
+            k = _split(end - start)
+            if index < start + k:
+                path.append(self._hash(start + k, end))
+                end = start + k
+            else:
+                path.append(self._hash(start, start + k))
+                start += k
+        path.reverse()  # lowest level first
+        return path
+
+    def consistency_path(self, old: int, new: int | None = None) -> list[bytes]:
+        """PROOF(old, D[new]), as ``consistency_path(old, leaves[:new])``."""
+        new = len(self) if new is None else new
+        self._check_size(new)
+        if not 0 < old <= new:
+            raise SupplyChainError(f"transparency log: no consistency proof from size {old} to {new}")
+        path: list[bytes] = []
+        start, end, m, whole = 0, new, old, True
+        while m != end - start:
+            k = _split(end - start)
+            if m <= k:
+                path.append(self._hash(start + k, end))
+                end = start + k
+            else:
+                path.append(self._hash(start, start + k))
+                start, m, whole = start + k, m - k, False
+        if not whole:
+            path.append(self._hash(start, end))
+        path.reverse()  # the innermost subproof first, as the recursion gives it
+        return path
+
+
 def _read_all(fd: int, offset: int = 0) -> bytes:
     os.lseek(fd, offset, os.SEEK_SET)
     chunks = []
@@ -242,10 +333,10 @@ class TransparencyLog:
         self.origin = origin
         self.name = name
         self.log_id = key_id(key.public_key())
-        # what has been read of the file (guarded by its flock): records, leaf hashes, first index of
-        # each leaf, and how many bytes of which inode they came from
+        # what has been read of the file (guarded by its flock): records, their Merkle tree, first
+        # index of each leaf, and how many bytes of which inode they came from
         self._records: list[dict[str, Any]] = []
-        self._leaves: list[bytes] = []
+        self._tree = MerkleTree()
         self._leaf_index: dict[bytes, int] = {}
         self._cache_inode = -1
         self._cache_bytes = 0
@@ -268,16 +359,21 @@ class TransparencyLog:
         finally:
             os.close(fd)
 
-    def _read_records(self, fd: int) -> tuple[list[dict[str, Any]], list[bytes]]:
-        """(records, their leaf hashes): whole records only. Read incrementally: records already
+    def _forget(self) -> None:
+        """Drop what was read: the next read under the lock reads the whole file again."""
+        self._records, self._tree, self._leaf_index = [], MerkleTree(), {}
+        self._cache_inode, self._cache_bytes = -1, 0
+
+    def _read_records(self, fd: int) -> tuple[list[dict[str, Any]], MerkleTree]:
+        """(records, their Merkle tree): whole records only. Read incrementally: records already
         read stay cached (the file only grows by whole records under the lock), so an append or a
         lookup reads only what other processes appended since. A partial trailing line (a crash
         mid-append, never acknowledged) is cut off the file. A damaged whole record is refused,
         never cut: entries after it were acknowledged (``diskci authority log verify`` names it)."""
         st = os.fstat(fd)
         if st.st_ino != self._cache_inode or st.st_size < self._cache_bytes:
-            self._records, self._leaves, self._leaf_index = [], [], {}
-            self._cache_inode, self._cache_bytes = st.st_ino, 0
+            self._forget()
+            self._cache_inode = st.st_ino
         if st.st_size > self._cache_bytes:
             data = _read_all(fd, self._cache_bytes)
             lines, whole = split_records(data)
@@ -291,13 +387,13 @@ class TransparencyLog:
                 if not isinstance(rec, dict) or rec.get("index") != index:
                     raise self._damaged(index, f"it says it is entry {rec.get('index')!r}")
                 self._records.append(rec)
-                self._leaves.append(leaf)
+                self._tree.append(leaf)
                 self._leaf_index.setdefault(leaf, index)
                 self._cache_bytes += len(line) + 1
             if whole != len(data):
                 os.ftruncate(fd, self._cache_bytes)
                 os.fsync(fd)
-        return self._records, self._leaves
+        return self._records, self._tree
 
     def _damaged(self, index: int, why: str) -> SupplyChainError:
         return SupplyChainError(
@@ -320,16 +416,14 @@ class TransparencyLog:
         with self._locked() as fd:
             return list(self._read_records(fd)[0])
 
-    def _leaf_hashes(self) -> list[bytes]:
-        with self._locked() as fd:
-            return list(self._read_records(fd)[1])
-
     @property
     def size(self) -> int:
-        return len(self._leaf_hashes())
+        with self._locked() as fd:
+            return len(self._read_records(fd)[1])
 
     def root_hash(self) -> bytes:
-        return tree_hash(self._leaf_hashes())
+        with self._locked() as fd:
+            return self._read_records(fd)[1].root()
 
     # --- signing -------------------------------------------------------------------------------
     def _sign(self, data: bytes) -> bytes:
@@ -360,29 +454,39 @@ class TransparencyLog:
         keeps the root hash of the tree it was acknowledged with (``log verify`` audits them).
         """
         with self._locked() as fd:
-            records, cached = self._read_records(fd)
+            records, tree = self._read_records(fd)
             index = len(records)
             leaf = leaf_hash(body)
             if unique and leaf in self._leaf_index:
                 raise DuplicateEntry(self._leaf_index[leaf], leaf)
-            leaves = [*cached, leaf]
-            root = tree_hash(leaves)
-            rec = {
-                "index": index,
-                "integratedTime": integrated_time,
-                "body": base64.b64encode(body).decode(),
-                "kind": f"{kind}/{version}",
-                "root": root.hex(),
-            }
-            line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
-            if os.write(fd, line) != len(line):
-                raise SupplyChainError(f"{self.path}: short write appending log entry {index}")
-            os.fsync(fd)  # durable before it is acknowledged
-            self._records.append(rec)
-            self._leaves.append(leaf)
+            tree.append(leaf)  # forgotten below unless the record is written
+            try:
+                root, path = tree.root(), tree.inclusion_path(index)
+                written = self._write_record(fd, index, body, integrated_time, kind, version, root)
+            except BaseException:
+                self._forget()
+                raise
+            self._records.append(written)
             self._leaf_index.setdefault(leaf, index)
-            self._cache_bytes += len(line)
-        return self._entry(index, leaves, body, integrated_time, kind, version)
+        return self._entry(index, index + 1, root, path, body, integrated_time, kind, version)
+
+    def _write_record(
+        self, fd: int, index: int, body: bytes, integrated_time: int, kind: str, version: str, root: bytes
+    ) -> dict[str, Any]:
+        """Append record ``index`` and fsync it (under the lock): durable before it is acknowledged."""
+        rec = {
+            "index": index,
+            "integratedTime": integrated_time,
+            "body": base64.b64encode(body).decode(),
+            "kind": f"{kind}/{version}",
+            "root": root.hex(),
+        }
+        line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+        if os.write(fd, line) != len(line):
+            raise SupplyChainError(f"{self.path}: short write appending log entry {index}")
+        os.fsync(fd)  # durable before it is acknowledged
+        self._cache_bytes += len(line)
+        return rec
 
     def find(self, leaf: bytes) -> int | None:
         """The index of the entry whose leaf hash is ``leaf``, if logged."""
@@ -392,37 +496,50 @@ class TransparencyLog:
 
     def tree_head(self) -> tuple[int, bytes, str]:
         """(size, root hash, signed checkpoint) of the tree now."""
-        leaves = self._leaf_hashes()
-        root = tree_hash(leaves)
-        return len(leaves), root, self.checkpoint(len(leaves), root)
+        with self._locked() as fd:
+            tree = self._read_records(fd)[1]
+            size, root = len(tree), tree.root()
+        return size, root, self.checkpoint(size, root)
 
     def consistency(self, old: int, new: int | None = None) -> tuple[int, bytes, list[bytes]]:
         """(size, root of the tree of ``new`` leaves, PROOF(old, new)); ``new`` defaults to now."""
-        leaves = self._leaf_hashes()
-        new = len(leaves) if new is None else new
-        if not 0 < old <= new <= len(leaves):
-            raise SupplyChainError(
-                f"no consistency proof from size {old} to {new} (the log has {len(leaves)})"
-            )
-        return new, tree_hash(leaves[:new]), consistency_path(old, leaves[:new])
+        with self._locked() as fd:
+            tree = self._read_records(fd)[1]
+            new = len(tree) if new is None else new
+            if not 0 < old <= new <= len(tree):
+                raise SupplyChainError(
+                    f"no consistency proof from size {old} to {new} (the log has {len(tree)})"
+                )
+            return new, tree.root(new), tree.consistency_path(old, new)
 
     def entry(self, index: int, *, kind: str = "dsse", version: str = "0.0.1") -> LogEntry:
         """Entry ``index`` with an inclusion proof against the current tree (``kind``/``version``:
         for records written before they were stored)."""
         with self._locked() as fd:
-            records, cached = self._read_records(fd)
-            leaves = list(cached)
+            records, tree = self._read_records(fd)
             if not 0 <= index < len(records):
                 raise SupplyChainError(f"transparency log has no entry {index} (size {len(records)})")
             rec = records[index]
+            size = len(tree)
+            root, path = tree.root(), tree.inclusion_path(index)
         if "kind" in rec:
             kind, _, version = str(rec["kind"]).partition("/")
-        return self._entry(index, leaves, base64.b64decode(rec["body"]), rec["integratedTime"], kind, version)
+        body = base64.b64decode(rec["body"])
+        return self._entry(index, size, root, path, body, rec["integratedTime"], kind, version)
 
     def _entry(
-        self, index: int, leaves: list[bytes], body: bytes, integrated_time: int, kind: str, version: str
+        self,
+        index: int,
+        size: int,
+        root: bytes,
+        path: list[bytes],
+        body: bytes,
+        integrated_time: int,
+        kind: str,
+        version: str,
     ) -> LogEntry:
-        root = tree_hash(leaves)
+        """Entry ``index`` proven against the tree of ``size`` leaves (``root``, ``path``): the
+        checkpoint and the SET are signed here, outside the lock."""
         return LogEntry(
             log_index=index,
             log_id=self.log_id,
@@ -430,9 +547,9 @@ class TransparencyLog:
             body=body,
             kind=kind,
             version=version,
-            tree_size=len(leaves),
+            tree_size=size,
             root_hash=root,
-            hashes=tuple(inclusion_path(index, leaves)),
-            checkpoint=self.checkpoint(len(leaves), root),
+            hashes=tuple(path),
+            checkpoint=self.checkpoint(size, root),
             signed_entry_timestamp=self.signed_entry_timestamp(body, integrated_time, index),
         )

@@ -7,6 +7,13 @@ action's write transaction begins, so a slow remote never holds the database. A 
 runner can take says which labels it waits for (``waiting_for_labels``).
 ``system_cancel_disk_image_ci_run`` cancels what is not finished (runners learn it at their next call).
 ``system_list_disk_image_ci_runs`` lists runs newest first, a page at a time (``before_id``).
+
+A platform whose CI backend is ``gitea`` answers the same actions through ``ci.gitea_runs``: bootstrap
+dispatches the workflow in Gitea, a run is synced from Gitea when it is read (a Gitea outage answers
+the last known state with ``sync_error``), logs are Gitea's, cancel is Gitea's (or cancel-requested).
+No write transaction is open while Gitea answers: the read actions read in their own read session
+(which never blocks writers) and write what changed in a short session after Gitea's calls;
+bootstrap and cancel read in short sessions before their own write transaction begins.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from diskci.errors import Conflict, InvalidRequest, NotFound
 from diskci.platform.actions.catalog import ActionContext, ActionModel, OneOrMany, action
 from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import PlatformNotFound, get_platform
-from diskci.platform.ci import scheduler, triggers
+from diskci.platform.ci import gitea_runs, scheduler, triggers
 from diskci.platform.ci.runners import label_names
 from diskci.platform.db.models import (
     CiJob,
@@ -36,6 +43,7 @@ from diskci.platform.db.models import (
     Role,
     utcnow,
 )
+from diskci.platform.gitea.platform_client import is_gitea_backed
 from diskci.spec import Architecture
 
 MAX_LOG_PAGE = 5000
@@ -103,6 +111,20 @@ class RunOut(ActionModel):
     completed_at: datetime | None
     jobs: list[JobOut]
     publication_id: int | None = Field(description="the publication the run produced, once its webhook came")
+    sync_error: str | None = Field(
+        default=None,
+        description="gitea backend: why Gitea could not be read just now (the run shows its last state)",
+    )
+
+
+def _gitea_run(ctx: ActionContext, run_id: int) -> bool:
+    """Whether the run is a Gitea-backed platform's, read in its own session: a writing action's own
+    session (``BEGIN IMMEDIATE`` on SQLite) must stay untouched until Gitea has answered."""
+    if ctx.database is None:
+        return False
+    with ctx.database.read_session() as session:
+        run = session.get(CiRun, run_id)
+        return run is not None and is_gitea_backed(run.platform)
 
 
 def _run(ctx: ActionContext, run_id: int) -> CiRun:
@@ -150,7 +172,24 @@ def get_gitea_workflow_run(ctx: ActionContext, data: GetRunInput) -> RunOut:
     Example: {"run_id": 12}
     """
     run = _run(ctx, data.run_id)
+    if is_gitea_backed(run.platform) and ctx.database is not None:
+        synced = gitea_runs.sync(ctx.database, ctx.box, run.id, reader=ctx.session)
+        if synced.written:
+            ctx.session.rollback()  # a new read: the rows as the sync left them
+            run = _run(ctx, data.run_id)
+        return _run_out(run, [], synced.runner_names)
     live = _live_label_sets(ctx.session) if any(j.status == CiStatus.QUEUED.value for j in run.jobs) else []
+    return _run_out(run, live)
+
+
+def _run_out(run: CiRun, live: list[set[str]], gitea_runners: dict[int, str] | None = None) -> RunOut:
+    """The run as the actions show it; a Gitea-backed run's jobs name Gitea's runners (as last read)."""
+
+    def runner(job: CiJob) -> str | None:
+        if job.gitea_job_id is not None:
+            return (gitea_runners or {}).get(job.gitea_job_id)
+        return job.runner.name if job.runner is not None else None
+
     jobs = [
         JobOut(
             name=job.name,
@@ -158,8 +197,8 @@ def get_gitea_workflow_run(ctx: ActionContext, data: GetRunInput) -> RunOut:
             conclusion=job.conclusion,
             failure_reason=job.failure_reason,
             labels=list(job.labels),
-            runner=job.runner.name if job.runner is not None else None,
-            waiting_for_labels=waiting_for_labels(job, live),
+            runner=runner(job),
+            waiting_for_labels=waiting_for_labels(job, live) if job.gitea_job_id is None else [],
             started_at=job.started_at,
             completed_at=job.completed_at,
             steps=[
@@ -188,6 +227,7 @@ def get_gitea_workflow_run(ctx: ActionContext, data: GetRunInput) -> RunOut:
         completed_at=run.completed_at,
         jobs=jobs,
         publication_id=run.publication_id,
+        sync_error=run.sync_error,
     )
 
 
@@ -213,6 +253,8 @@ def get_gitea_job_logs(ctx: ActionContext, data: GetLogsInput) -> LogsOut:
     Example: {"run_id": 12, "job_name": "build amd64", "offset": 0}
     """
     run = _run(ctx, data.run_id)
+    if is_gitea_backed(run.platform) and ctx.database is not None:
+        return _gitea_logs(ctx, run, data)
     job = ctx.session.scalar(select(CiJob).where(CiJob.run_id == run.id, CiJob.name == data.job_name))
     if job is None:
         names = ", ".join(j.name for j in run.jobs)
@@ -226,6 +268,26 @@ def get_gitea_job_logs(ctx: ActionContext, data: GetLogsInput) -> LogsOut:
     page = list(rows[: data.limit])
     more = len(rows) > data.limit
     return LogsOut(logs=page, next_offset=data.offset + len(page), complete=job.log_complete and not more)
+
+
+def _gitea_logs(ctx: ActionContext, run: CiRun, data: GetLogsInput) -> LogsOut:
+    """A Gitea-backed job's log rows, read from Gitea (the run is synced first when the job is not
+    known yet); a job without a log yet answers no rows."""
+    assert ctx.database is not None
+    job = next((j for j in run.jobs if j.name == data.job_name), None)
+    if job is None and gitea_runs.sync(ctx.database, ctx.box, run.id, reader=ctx.session).written:
+        ctx.session.rollback()
+        run = _run(ctx, data.run_id)
+        job = next((j for j in run.jobs if j.name == data.job_name), None)
+    if job is None or job.gitea_job_id is None:
+        names = ", ".join(j.name for j in run.jobs)
+        raise CiJobNotFound(f"CI run {run.id} has no job {data.job_name!r} (its jobs: {names})")
+    text = gitea_runs.job_log(ctx.box, run.platform, job.gitea_job_id)
+    rows = text.splitlines() if text else []
+    page = rows[data.offset : data.offset + data.limit]
+    more = len(rows) > data.offset + data.limit
+    complete = job.log_complete and text is not None and not more
+    return LogsOut(logs=page, next_offset=data.offset + len(page), complete=complete)
 
 
 # --- listing runs ---------------------------------------------------------------------------------------
@@ -398,6 +460,8 @@ def bootstrap_disk_image_ci(ctx: ActionContext, data: BootstrapInput) -> Bootstr
         with reader as session:
             platform = _platform_of(session, data)
             arches = _arches(platform, data.arches)
+            if is_gitea_backed(platform):
+                return _gitea_bootstrap(ctx, data, platform.id, arches)
             source = triggers.git_source(ctx.settings, platform)
     else:
         platform = _platform_of(ctx.session, data)
@@ -446,11 +510,49 @@ def bootstrap_disk_image_ci(ctx: ActionContext, data: BootstrapInput) -> Bootstr
     )
 
 
+def _gitea_bootstrap(
+    ctx: ActionContext, data: BootstrapInput, platform_id: int, arches: list[str]
+) -> BootstrapOutput:
+    """The run made first (its run_id), then Gitea's dispatch; a refusal fails the run and is raised."""
+    assert ctx.database is not None
+    if data.reproducibility_check:
+        raise InvalidRequest(
+            "reproducibility_check: the gitea CI backend runs the workflow as Gitea has it; "
+            "a reproducibility check needs the embedded backend"
+        )
+    with ctx.database.session() as session:
+        platform = session.get(NodePlatform, platform_id)
+        if platform is None:
+            raise PlatformNotFound(f"no node platform with id {platform_id}")
+        run_id = gitea_runs.create_dispatched_run(session, platform, data.ref, arches, ctx.actor).id
+    refused = gitea_runs.dispatch(ctx.database, ctx.box, run_id)
+    if refused is not None:
+        refused.hint = f"CI run {run_id} failed (failure_reason {gitea_runs.REFUSED})."
+        raise refused
+    run = _run(ctx, run_id)
+    return BootstrapOutput(
+        run_id=run.id,
+        status=run.status,
+        platform=run.platform.name,
+        ref=run.ref,
+        sha=run.sha,
+        event=run.event,
+        arches=arches,
+        reproducibility_check=False,
+        jobs=[j.name for j in run.jobs],
+    )
+
+
 class CancelRunOutput(ActionModel):
     run_id: int
     status: str
     conclusion: str | None
     cancelled_jobs: list[str] = Field(description="the jobs that were not finished and are now cancelled")
+    cancel_requested: bool = Field(
+        default=False,
+        description="gitea backend without a cancel API: the run is marked cancel-requested and the runners"
+        " running its jobs were deregistered; it ends when Gitea notices",
+    )
 
 
 def _check_cancellable(run: CiRun) -> None:
@@ -498,6 +600,8 @@ def system_cancel_disk_image_ci_run(ctx: ActionContext, data: GetRunInput) -> Ca
 
     Example: {"run_id": 12}
     """
+    if _gitea_run(ctx, data.run_id):
+        return _gitea_cancel(ctx, data.run_id)
     run = _run(ctx, data.run_id)
     _check_cancellable(run)
     cancelled = scheduler.cancel_run(ctx.session, run, now=ctx.now)
@@ -513,4 +617,23 @@ def system_cancel_disk_image_ci_run(ctx: ActionContext, data: GetRunInput) -> Ca
         status=run.status,
         conclusion=run.conclusion,
         cancelled_jobs=[j.name for j in cancelled],
+    )
+
+
+def _gitea_cancel(ctx: ActionContext, run_id: int) -> CancelRunOutput:
+    """Cancel through Gitea (its REST cancel, or cancel-requested with the runners deregistered)."""
+    assert ctx.database is not None
+    with ctx.database.read_session() as session:
+        found = session.get(CiRun, run_id)
+        if found is None:
+            raise CiRunNotFound(f"no CI run {run_id}")
+        _check_cancellable(found)
+    outcome = gitea_runs.cancel(ctx.database, ctx.box, run_id, ctx.actor)
+    run = _run(ctx, run_id)
+    return CancelRunOutput(
+        run_id=run.id,
+        status=run.status,
+        conclusion=run.conclusion,
+        cancelled_jobs=outcome.cancelled_jobs,
+        cancel_requested=outcome.cancel_requested,
     )

@@ -10,6 +10,12 @@ takes capability away (``operator``); reading is ``viewer``.
 
 Terminating a worker already ``terminated`` is not an error: the answer is its state (idempotent),
 with the task that terminated it.
+
+A worker of a Gitea-backed node platform (``ci_backend`` gitea) runs Gitea's act_runner instead of
+diskci's runner (``services.gitea_workers``): it registers with the platform's Gitea, with the token
+Gitea gives for the platform's repository; the list reads its status from Gitea's runner list (one
+call per platform); terminating it deregisters the runner in Gitea and cancels the jobs Gitea says it
+runs, in the termination task. The ``local`` provider cannot run act_runner here: it is refused.
 """
 
 from __future__ import annotations
@@ -30,7 +36,10 @@ from diskci.platform.actions.events import record_event
 from diskci.platform.actions.platforms import get_platform
 from diskci.platform.ci import runners
 from diskci.platform.db.models import CiJob, CiRunner, CiStatus, NodeInstance, Role, Task, TaskStatus
+from diskci.platform.gitea.platform_client import is_gitea_backed, repository_of
 from diskci.platform.providers import catalog
+from diskci.platform.providers.base import RunnerAgent
+from diskci.platform.services import gitea_workers
 from diskci.platform.services.worker_lifecycle import (
     CI_WORKER_MODULE,
     PROVISION_TASK_KIND,
@@ -158,8 +167,13 @@ class ProvisionCiWorkerInput(ActionModel):
 
 class ProvisionCiWorkerOutput(ActionModel):
     instance: CiWorkerInstanceOut
-    runner_token: str = Field(description="The one-time registration token of its runner; shown only now.")
-    registration_url: str = Field(description="Where its runner registers (the platform's URL).")
+    runner_token: str = Field(
+        description="The one-time registration token of its runner; shown only now (a Gitea-backed "
+        "platform's worker: the registration token Gitea gives for the platform's repository)."
+    )
+    registration_url: str = Field(
+        description="Where its runner registers (the platform's URL; a Gitea-backed platform's Gitea)."
+    )
     task_id: str = Field(description="The provisioning task (system_get_task).")
 
 
@@ -185,6 +199,8 @@ def system_provision_ci_worker(ctx: ActionContext, data: ProvisionCiWorkerInput)
 
     The provider makes the machine in a queued task (follow it by task_id); its runner registers with
     the one-time token, shown only in this answer, and then shows online in system_list_ci_workers.
+    For a node_platform whose CI backend is gitea the worker runs act_runner, registering with the
+    platform's Gitea with Gitea's token (provider ec2; a Gitea outage makes nothing).
 
     Example: {"hostname": "ci-1", "provider": "local", "provider_region_id": "local",
     "provider_instance_type_id": "local.small", "build_targets": ["amd64", "arm64"]}
@@ -196,9 +212,19 @@ def system_provision_ci_worker(ctx: ActionContext, data: ProvisionCiWorkerInput)
     provider_catalog.instance_type(data.provider_region_id, data.provider_instance_type_id)
     targets = _build_targets(ctx, data)
     platform = get_platform(ctx.session, data.node_platform) if data.node_platform is not None else None
+    gitea_backed = platform is not None and is_gitea_backed(platform)
+    if gitea_backed and data.provider == "local":
+        raise InvalidRequest(
+            f"provider 'local' cannot run act_runner, the agent of node platform {data.node_platform!r} "
+            "(its CI backend is gitea): provision its CI workers with provider ec2"
+        )
     for other in _workers(ctx.session):
         if other.hostname == hostname and other.status != InstanceStatus.TERMINATED.value:
             raise HostnameInUse(f"hostname {hostname!r}: CI worker {other.id} ({other.status}) has it")
+    gitea_registration = None
+    if gitea_backed:
+        assert platform is not None
+        gitea_registration = gitea_workers.registration_for(platform, ctx.box)  # before anything is made
     instance = NodeInstance(
         hostname=hostname,
         platform=platform,
@@ -213,8 +239,14 @@ def system_provision_ci_worker(ctx: ActionContext, data: ProvisionCiWorkerInput)
     )
     ctx.session.add(instance)
     ctx.session.flush()
-    token = runners.new_registration_token(ctx.session, labels=targets, instance_id=instance.id, now=ctx.now)
-    registration_url = ctx.settings.ci_base_url
+    if gitea_registration is not None:
+        token, registration_url = gitea_registration.token, gitea_registration.url
+        agent = RunnerAgent.ACT_RUNNER
+    else:
+        token = runners.new_registration_token(
+            ctx.session, labels=targets, instance_id=instance.id, now=ctx.now
+        )
+        registration_url, agent = ctx.settings.ci_base_url, RunnerAgent.DISKCI
     task_id = _new_task(
         ctx,
         PROVISION_TASK_KIND,
@@ -222,6 +254,7 @@ def system_provision_ci_worker(ctx: ActionContext, data: ProvisionCiWorkerInput)
             "instance_id": instance.id,
             "registration_url": registration_url,
             "registration_token_encrypted": ctx.box.encrypt(token, purpose=TOKEN_PURPOSE),
+            "agent": agent.value,
         },
     )
     record_event(
@@ -237,6 +270,7 @@ def system_provision_ci_worker(ctx: ActionContext, data: ProvisionCiWorkerInput)
             "instance_type": data.provider_instance_type_id,
             "build_targets": targets,
             "task_id": task_id,
+            "agent": agent.value,
         },
     )
     return ProvisionCiWorkerOutput(
@@ -267,6 +301,9 @@ class CiWorkerOut(ActionModel):
     provider_id: str | None
     provider_region: str | None
     instance_type: str | None
+    gitea_runner_id: int | None = Field(
+        default=None, description="A Gitea-backed platform's worker: its runner's id in Gitea, once known."
+    )
 
 
 class ListCiWorkersInput(ActionModel):
@@ -303,12 +340,26 @@ def system_list_ci_workers(ctx: ActionContext, data: ListCiWorkersInput) -> List
     """List the CI workers: status from the instance and its runner's heartbeats, labels, current job.
 
     A worker whose runner was not heard from for a minute is offline; one with a job in progress, busy.
+    A Gitea-backed platform's worker shows what Gitea's runner list says (one call per platform): it is
+    provisioning until its act_runner registered; while Gitea is down, the last status Gitea gave,
+    with the reason.
 
     Example: {} or {"include_terminated": true}
     """
     out = []
-    for node in _workers(ctx.session):
-        if node.status == InstanceStatus.TERMINATED.value and not data.include_terminated:
+    listed = [
+        node
+        for node in _workers(ctx.session)
+        if node.status != InstanceStatus.TERMINATED.value or data.include_terminated
+    ]
+    seen: dict[int, gitea_workers.RunnersSeen] = {}
+    for node in listed:
+        platform = gitea_workers.gitea_platform(node)
+        if platform is not None and node.status == InstanceStatus.RUNNING.value and platform.id not in seen:
+            seen[platform.id] = gitea_workers.runners_seen(platform, ctx.box)
+    for node in listed:
+        if node.platform_id in seen and node.status == InstanceStatus.RUNNING.value:
+            out.append(_gitea_worker(ctx, node, seen[node.platform_id]))
             continue
         runner = _live_runner(ctx.session, node.id)
         job = None
@@ -332,9 +383,35 @@ def system_list_ci_workers(ctx: ActionContext, data: ListCiWorkersInput) -> List
                 provider_id=node.provider_id,
                 provider_region=node.provider_region,
                 instance_type=node.instance_type,
+                gitea_runner_id=node.gitea_runner_id,
             )
         )
     return ListCiWorkersOutput(workers=out)
+
+
+def _gitea_worker(ctx: ActionContext, node: NodeInstance, seen: gitea_workers.RunnersSeen) -> CiWorkerOut:
+    """A running Gitea-backed worker as Gitea's runner list shows it; what Gitea said of its runner is
+    remembered on the instance (its own unit of work: this action's session only reads)."""
+    view = gitea_workers.worker_view(node, seen)
+    last_seen = view.last_seen
+    if seen.runners is not None and ctx.database is not None:
+        runner = gitea_workers.find_runner(seen.runners, name=node.hostname, runner_id=node.gitea_runner_id)
+        if runner is not None:
+            last_seen = gitea_workers.remember(ctx.database, node.id, runner, ctx.now)
+    return CiWorkerOut(
+        id=node.id,
+        hostname=node.hostname,
+        status=view.status,
+        status_reason=view.reason,
+        labels=view.labels or list(node.build_targets),
+        current_job=None,
+        last_seen=last_seen,
+        provider=node.provider,
+        provider_id=node.provider_id,
+        provider_region=node.provider_region,
+        instance_type=node.instance_type,
+        gitea_runner_id=view.runner_id,
+    )
 
 
 def _worker(session: Session, instance_id: int) -> NodeInstance:
@@ -421,7 +498,22 @@ def preview_terminate_ci_worker(ctx: ActionContext, data: TerminateCiWorkerInput
             "provider_region": node.provider_region,
             "instance_type": node.instance_type,
         },
+        "gitea_runner_deregistered": _gitea_runner_preview(node) if not terminated else None,
         "already_terminated": terminated,
+    }
+
+
+def _gitea_runner_preview(node: NodeInstance) -> dict[str, Any] | None:
+    """A Gitea-backed platform's worker: the runner deregistered in Gitea (its jobs there cancelled)."""
+    platform = gitea_workers.gitea_platform(node)
+    if platform is None:
+        return None
+    return {
+        "gitea_url": platform.gitea_url,
+        "repository": "/".join(repository_of(platform)),
+        "runner_id": node.gitea_runner_id,
+        "runner_name": node.hostname,
+        "jobs": "its jobs in progress, as Gitea lists them, are cancelled",
     }
 
 
@@ -436,6 +528,8 @@ def preview_terminate_ci_worker(ctx: ActionContext, data: TerminateCiWorkerInput
 def system_terminate_ci_worker(ctx: ActionContext, data: TerminateCiWorkerInput) -> TerminateCiWorkerOutput:
     """Terminate a CI worker: its runner's token stops working now, its jobs in progress are cancelled
     (each with a ci_worker_job_cancelled event), then a task has the provider destroy the machine.
+    A Gitea-backed platform's worker: the task first deregisters its runner in Gitea and cancels the
+    jobs Gitea says it runs (each with the same event), then destroys the machine.
 
     Terminating it again retries a termination that failed; a terminated worker answers its state.
 

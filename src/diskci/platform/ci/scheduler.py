@@ -164,7 +164,7 @@ def claim_job(session: Session, runner: CiRunner, *, now: datetime | None = None
     names = label_names(runner.labels)
     candidates = session.scalars(
         select(CiJob)
-        .where(CiJob.status == CiStatus.QUEUED.value)
+        .where(CiJob.status == CiStatus.QUEUED.value, CiJob.gitea_job_id.is_(None))  # Gitea runs its own
         .order_by(CiJob.created_at, CiJob.id)
         .limit(200)
     ).all()

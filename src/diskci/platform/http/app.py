@@ -358,6 +358,7 @@ def create_app(
     from diskci.platform.http.ci_push import router as ci_push_router
 
     app.include_router(ci_push_router)  # push webhooks of image-build repositories: /api/v1/ci/push/...
+    app.include_router(importlib.import_module("diskci.platform.http.gitea_hooks").router)  # Gitea webhooks
     from diskci.platform.http.oidc import router as oidc_router
 
     app.include_router(oidc_router)  # the CI jobs' OIDC provider: /.well-known/..., /api/actions/id-token

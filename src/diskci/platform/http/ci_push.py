@@ -110,6 +110,7 @@ def _accept(request: Request, platform_name: str, body: bytes) -> tuple[int, dic
         source = triggers.git_source(settings, platform)
         secret = push_secret(platform, box)
         platform_id = platform.id
+        gitea_backed = platform.ci_backend == "gitea"
     if secret is None:
         raise triggers.CiNotConfigured(
             f"node platform {platform_name!r} has no push secret",
@@ -119,6 +120,8 @@ def _accept(request: Request, platform_name: str, body: bytes) -> tuple[int, dic
     _verify(request.headers, body, secret)
     # 5. the event
     ref, after = _event(body)
+    if gitea_backed:  # Gitea starts the workflow itself; its workflow_run webhook brings the run here
+        return 202, {"ignored": f"node platform {platform_name!r} builds on Gitea: Gitea runs {ref}"}
     if set(after) == {"0"}:
         return 202, {"ignored": f"{ref} was deleted"}
     if not ref.startswith(TAG_PREFIX):

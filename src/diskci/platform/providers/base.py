@@ -25,6 +25,7 @@ __all__ = [
     "ProviderCatalog",
     "ProviderFailed",
     "Region",
+    "RunnerAgent",
     "UnknownInstanceType",
     "UnknownRegion",
     "WorkerMachine",
@@ -38,6 +39,13 @@ class MachineState(StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
     GONE = "gone"
+
+
+class RunnerAgent(StrEnum):
+    """The program a CI worker runs for its CI backend (``cloud_init`` renders its user-data)."""
+
+    DISKCI = "diskci"  # ``diskci runner``: the embedded backend's runner protocol server is the platform
+    ACT_RUNNER = "act_runner"  # Gitea's act_runner: the gitea backend
 
 
 class UnknownRegion(InvalidRequest):
@@ -109,7 +117,9 @@ class ProviderCatalog(BaseModel):
 @dataclass(frozen=True)
 class WorkerMachine:
     """The machine a provider is asked to make for the CI worker NodeInstance ``instance_id``: where,
-    how big, and what its runner registers with (the one-time token is a secret: never logged)."""
+    how big, and what its runner registers with (the one-time token is a secret: never logged):
+    ``agent`` follows the CI backend of its platform (act_runner registering with Gitea at
+    ``registration_url`` for a Gitea-backed one; diskci's runner registering with this platform else)."""
 
     instance_id: int
     hostname: str
@@ -118,11 +128,13 @@ class WorkerMachine:
     labels: tuple[str, ...]
     registration_url: str
     registration_token: str
+    agent: RunnerAgent = RunnerAgent.DISKCI
 
     def __repr__(self) -> str:  # keep the token out of logs and tracebacks
         return (
             f"WorkerMachine(instance_id={self.instance_id}, hostname={self.hostname!r}, "
-            f"region={self.region!r}, instance_type={self.instance_type!r}, labels={self.labels!r})"
+            f"region={self.region!r}, instance_type={self.instance_type!r}, labels={self.labels!r}, "
+            f"agent={self.agent.value!r})"
         )
 
 

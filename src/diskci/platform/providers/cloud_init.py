@@ -1,6 +1,7 @@
 """The ``gitea-runner`` module for a real machine, as cloud-init user-data (``#cloud-config``).
 
-A cloud provider hands ``render_user_data(machine, agent)`` to the machine it makes. The machine image
+A cloud provider hands ``render_user_data(machine, machine.agent)`` to the machine it makes (``RunnerAgent``
+lives in ``base``, beside ``WorkerMachine``; it is re-exported here). The machine image
 carries the agent's program (``WorkerImage`` says where); the user-data configures and starts it:
 
 - ``RunnerAgent.DISKCI`` (the embedded CI backend): ``diskci-runner.service`` from ``runner_unit``,
@@ -19,25 +20,22 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 
 from diskci.errors import InvalidRequest
-from diskci.platform.providers.base import WorkerMachine
+from diskci.platform.providers.base import RunnerAgent, WorkerMachine
 from diskci.platform.providers.runner_unit import (
     DRAIN_TIMEOUT_SECONDS,
-    RESTART_SECONDS,
-    STOP_TIMEOUT_SECONDS,
     TOKEN_VARIABLE,
     UNIT_NAME,
     URL_VARIABLE,
     RunnerService,
-    exec_line,
     render_environment,
     render_unit,
+    service_unit,
 )
 
 __all__ = [
@@ -72,13 +70,6 @@ ACT_RUNNER_WORK_DIR = "work"  # in its state directory: host mode puts each job'
 GITEA_URL_VARIABLE = "GITEA_INSTANCE_URL"
 GITEA_TOKEN_VARIABLE = "GITEA_RUNNER_REGISTRATION_TOKEN"
 ACT_RUNNER_JOB_TIMEOUT = "3h"
-
-
-class RunnerAgent(StrEnum):
-    """The program a CI worker runs for its CI backend."""
-
-    DISKCI = "diskci"  # ``diskci runner``: the embedded backend's runner protocol server is the platform
-    ACT_RUNNER = "act_runner"  # Gitea's act_runner: the gitea backend
 
 
 _AGENT_OF_BACKEND = {"embedded": RunnerAgent.DISKCI, "gitea": RunnerAgent.ACT_RUNNER}
@@ -175,30 +166,12 @@ def _act_runner_unit(machine: WorkerMachine, image: WorkerImage) -> str:
     description = (
         f"Gitea act_runner of CI worker {machine.hostname} (diskci NodeInstance {machine.instance_id})"
     )
-    daemon = [image.act_runner, "daemon", "--config", str(ACT_RUNNER_CONFIG)]
-    return "\n".join(
-        [
-            "[Unit]",
-            f"Description={description}",
-            "Wants=network-online.target",
-            "After=network-online.target",
-            "",
-            "[Service]",
-            "Type=simple",
-            f"EnvironmentFile={ACT_RUNNER_ENV_FILE}",
-            f"WorkingDirectory={image.act_runner_dir}",
-            f"ExecStartPre={exec_line([str(ACT_RUNNER_REGISTER_SCRIPT)])}",
-            f"ExecStart={exec_line(daemon)}",
-            "KillSignal=SIGTERM",
-            "KillMode=control-group",
-            f"TimeoutStopSec={STOP_TIMEOUT_SECONDS}",
-            "Restart=on-failure",
-            f"RestartSec={RESTART_SECONDS}",
-            "",
-            "[Install]",
-            "WantedBy=multi-user.target",
-            "",
-        ]
+    return service_unit(
+        description=description,
+        environment_file=str(ACT_RUNNER_ENV_FILE),
+        working_directory=str(image.act_runner_dir),
+        register=[str(ACT_RUNNER_REGISTER_SCRIPT)],
+        run=[image.act_runner, "daemon", "--config", str(ACT_RUNNER_CONFIG)],
     )
 
 

@@ -43,7 +43,7 @@ from diskci.platform.providers.base import (
     Region,
     WorkerMachine,
 )
-from diskci.platform.providers.cloud_init import RunnerAgent, WorkerImage, agent_for_backend, render_user_data
+from diskci.platform.providers.cloud_init import WorkerImage, render_user_data
 from diskci.platform.settings import PlatformSettings
 
 __all__ = [
@@ -199,7 +199,8 @@ _PROCESS_CLIENTS = _Clients()
 
 class EC2Provider:
     """CI workers as EC2 instances of the platform ``platform_tag`` (its CI URL), booting the image
-    ``image_ids`` names for their region (``parse_image_ids``) with ``agent``'s user-data. Clients
+    ``image_ids`` names for their region (``parse_image_ids``) with the user-data of each machine's
+    agent (``WorkerMachine.agent``: act_runner for a Gitea-backed platform's worker). Clients
     come from the process's boto3 session, or from ``session`` when one is given."""
 
     name: ClassVar[str] = "ec2"
@@ -210,7 +211,6 @@ class EC2Provider:
         *,
         platform_tag: str,
         image_ids: Mapping[str, str],
-        agent: RunnerAgent = RunnerAgent.DISKCI,
         worker_image: WorkerImage | None = None,
         endpoint_url: str | None = None,
         session: Any = None,
@@ -221,7 +221,6 @@ class EC2Provider:
             raise InvalidRequest("platform_tag: empty (the platform's CI URL tags its machines)")
         self.platform_tag = platform_tag
         self.image_ids = dict(image_ids)
-        self.agent = agent
         self.worker_image = worker_image or WorkerImage()
         self.endpoint_url = endpoint_url
         self.terminate_timeout = terminate_timeout
@@ -232,12 +231,11 @@ class EC2Provider:
     def from_settings(cls, settings: PlatformSettings) -> EC2Provider:
         """Machines tagged with ``settings.ci_base_url``; the EC2 endpoint (``ec2_endpoint_url``, for a
         test server or a VPC endpoint) and the image ids (``ec2_image_id``, see ``parse_image_ids``)
-        from the settings. The workers run diskci's own runner agent (the embedded CI backend)."""
+        from the settings. Each worker runs the agent its machine names (its platform's CI backend)."""
         images = settings.ec2_image_id
         return cls(
             platform_tag=settings.ci_base_url,
             image_ids=parse_image_ids(images) if images else {},
-            agent=agent_for_backend("embedded"),
             endpoint_url=settings.ec2_endpoint_url or None,
         )
 
@@ -279,7 +277,7 @@ class EC2Provider:
         existing = self._find(aws_region, machine.instance_id)
         if existing is not None:
             return existing  # made before: the retried create finds it
-        user_data = render_user_data(machine, self.agent, image=self.worker_image)
+        user_data = render_user_data(machine, machine.agent, image=self.worker_image)
         if len(user_data.encode()) > USER_DATA_LIMIT:
             raise InvalidRequest(
                 f"the worker's user-data is {len(user_data.encode())} bytes: EC2 takes 16 KiB"

@@ -39,6 +39,7 @@ from diskci.platform.providers.base import (
     ProviderCatalog,
     ProviderFailed,
     Region,
+    RunnerAgent,
     WorkerMachine,
 )
 from diskci.platform.providers.runner_unit import (
@@ -163,6 +164,11 @@ class LocalProvider:
     # create / lookup / get / destroy
 
     def create(self, machine: WorkerMachine) -> str:
+        if machine.agent is not RunnerAgent.DISKCI:
+            raise InvalidRequest(
+                f"provider 'local' runs diskci's runner only, not {machine.agent.value} (the agent of a "
+                "Gitea-backed platform's CI worker): use provider ec2"
+            )
         provider_id = f"local-{machine.instance_id}"
         with self._locked(machine.instance_id) as directory:
             supervisor = self._supervisor(directory)

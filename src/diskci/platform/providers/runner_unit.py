@@ -77,33 +77,50 @@ def exec_line(argv: Sequence[str]) -> str:
 
 def render_unit(service: RunnerService, *, description: str) -> str:
     """The systemd unit file ``diskci-runner.service`` of ``service``."""
+    return service_unit(
+        description=description,
+        environment_file=str(service.environment_file),
+        working_directory=str(service.state_dir),
+        register=service.register_command,
+        run=service.run_command,
+        prevent_restart_on=REVOKED_EXIT_STATUS,
+    )
+
+
+def service_unit(
+    *,
+    description: str,
+    environment_file: str,
+    working_directory: str,
+    register: Sequence[str],
+    run: Sequence[str],
+    prevent_restart_on: int | None = None,
+) -> str:
+    """A CI runner's systemd unit: register (when not registered yet) before start, then run; stopped
+    with SIGTERM (the job drains), restarted on failure unless it exits ``prevent_restart_on``."""
     if "\n" in description:
         raise ValueError("a unit description is one line")
-    return "\n".join(
-        [
-            "[Unit]",
-            f"Description={description}",
-            "Wants=network-online.target",
-            "After=network-online.target",
-            "",
-            "[Service]",
-            "Type=simple",
-            f"EnvironmentFile={service.environment_file}",
-            f"WorkingDirectory={service.state_dir}",
-            f"ExecStartPre={exec_line(service.register_command)}",
-            f"ExecStart={exec_line(service.run_command)}",
-            "KillSignal=SIGTERM",
-            "KillMode=control-group",
-            f"TimeoutStopSec={STOP_TIMEOUT_SECONDS}",
-            "Restart=on-failure",
-            f"RestartSec={RESTART_SECONDS}",
-            f"RestartPreventExitStatus={REVOKED_EXIT_STATUS}",
-            "",
-            "[Install]",
-            "WantedBy=multi-user.target",
-            "",
-        ]
-    )
+    lines = [
+        "[Unit]",
+        f"Description={description}",
+        "Wants=network-online.target",
+        "After=network-online.target",
+        "",
+        "[Service]",
+        "Type=simple",
+        f"EnvironmentFile={environment_file}",
+        f"WorkingDirectory={working_directory}",
+        f"ExecStartPre={exec_line(register)}",
+        f"ExecStart={exec_line(run)}",
+        "KillSignal=SIGTERM",
+        "KillMode=control-group",
+        f"TimeoutStopSec={STOP_TIMEOUT_SECONDS}",
+        "Restart=on-failure",
+        f"RestartSec={RESTART_SECONDS}",
+    ]
+    if prevent_restart_on is not None:
+        lines.append(f"RestartPreventExitStatus={prevent_restart_on}")
+    return "\n".join([*lines, "", "[Install]", "WantedBy=multi-user.target", ""])
 
 
 def render_environment(values: Mapping[str, str]) -> str:

@@ -2,10 +2,12 @@
 
 The certificate goes in as PK, KEK and db (one owner GUID, derived from the certificate) and Secure
 Boot is switched on; nothing else is trusted (no Microsoft keys), so such a VM boots only what the
-platform signed. Templates are Debian's empty variable stores: ``OVMF_VARS_4M.fd`` for amd64 (with
-``OVMF_CODE_4M.secboot.fd``, q35 and SMM) and ``AAVMF_VARS.fd`` for arm64 (with ``AAVMF_CODE.fd``,
+platform signed. Templates are Debian's variable stores: ``OVMF_VARS_4M.fd`` for amd64 (with
+``OVMF_CODE_4M.secboot.fd``, q35 and SMM) and ``AAVMF_VARS.ms.fd`` for arm64 (with ``AAVMF_CODE.fd``,
 which Debian builds with Secure Boot support; arm64 has no SMM, so there the variables are not
-protected from the guest OS, only checked by the firmware).
+protected from the guest OS, only checked by the firmware). Debian's plain ``AAVMF_VARS.fd`` is an
+unformatted, all-zero flash the firmware formats at first boot, which virt-fw-vars cannot read; the
+``.ms`` store is formatted, and every key it holds (PK, KEK, db, dbx: Microsoft's) is deleted first.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from diskci.process import run
 
 TEMPLATES = {
     "amd64": Path("/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    "arm64": Path("/usr/share/AAVMF/AAVMF_VARS.fd"),
+    "arm64": Path("/usr/share/AAVMF/AAVMF_VARS.ms.fd"),
 }
 FIRMWARE = {
     "amd64": Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"),
@@ -65,6 +67,7 @@ def write_varstore(
             "--output",
             dest,
         ]
+        argv += ["-d", "PK", "-d", "KEK", "-d", "db", "-d", "dbx"]  # the template's keys, if any
         argv += ["--set-pk", guid, pem, "--add-kek", guid, pem, "--add-db", guid, pem]
         for i, old in enumerate(also_db):
             path = Path(work) / f"retired{i}.pem"

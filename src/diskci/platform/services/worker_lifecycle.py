@@ -9,10 +9,13 @@ finishes what a failed or abandoned one began:
    one-time registration token (kept encrypted in the task's payload, never in clear); the instance
    becomes ``running``. A final failure leaves it ``failed`` with the reason, and an event.
 2. terminate (``revoke_and_cancel`` ran in the action already, and runs again here): wait for a
-   provisioning task still running, have the provider destroy the machine (found by the instance id
-   when no provider id was recorded), check it is gone; the instance ends ``terminated``. A failed
-   attempt leaves it ``terminating`` with ``status_reason`` and a ``ci_worker_termination_failed``
-   event; the task's retry, or terminating again, finishes it.
+   provisioning task still running; for a Gitea-backed platform's worker (its agent is act_runner,
+   ``gitea_workers``) deregister its runner in Gitea and cancel the jobs Gitea says it runs; have the
+   provider destroy the machine (found by the instance id when no provider id was recorded), check it
+   is gone; the instance ends ``terminated``, its event's reason saying what was gone already
+   (``machine_already_gone``, ``runner_already_gone``). A failed attempt leaves it ``terminating``
+   with ``status_reason`` and a ``ci_worker_termination_failed`` event (reason ``gitea_error`` or
+   ``provider_error``); the task's retry, or terminating again, resumes it where it stopped.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from diskci.platform.db.models import (
 )
 from diskci.platform.db.session import Database
 from diskci.platform.providers import provider
-from diskci.platform.providers.base import MachineState, ProviderFailed, WorkerMachine
+from diskci.platform.providers.base import MachineState, ProviderFailed, RunnerAgent, WorkerMachine
 from diskci.platform.secrets import SecretBox
+from diskci.platform.services import gitea_workers
 from diskci.platform.settings import PlatformSettings
 
 log = logging.getLogger(__name__)
@@ -150,6 +154,7 @@ def _provision(database: Database, settings: PlatformSettings, payload: dict[str
             labels=tuple(instance.build_targets),
             registration_url=str(payload.get("registration_url") or settings.ci_base_url),
             registration_token=token,
+            agent=RunnerAgent(str(payload.get("agent") or RunnerAgent.DISKCI.value)),
         )
         provider_name = instance.provider
     provider_id = provider(provider_name, settings).create(machine)
@@ -179,11 +184,18 @@ def _terminate(database: Database, settings: PlatformSettings, payload: dict[str
             return {"skipped": f"instance {instance_id} no longer exists"}
         if instance.status == InstanceStatus.TERMINATED.value:
             return {"instance_id": instance_id, "status": instance.status}
-        revoke_and_cancel(s, instance, now=utcnow(), actor=str(payload.get("actor") or "platform"))
+        actor = str(payload.get("actor") or "platform")
+        revoke_and_cancel(s, instance, now=utcnow(), actor=actor)
         provisioning = [t.task_id for t in open_tasks(s, PROVISION_TASK_KIND, instance_id)]
         provider_name, provider_id = instance.provider, instance.provider_id
+        gitea_backed = gitea_workers.gitea_platform(instance) is not None
     if provisioning:
         raise ProviderFailed(f"the provisioning task {provisioning[0]} of this worker is still running")
+    runner: gitea_workers.Deregistration | None = None
+    if gitea_backed:
+        box = SecretBox(key=settings.resolve_secret_key())
+        runner = gitea_workers.deregister(database, box, instance_id, actor=actor)
+        gitea_workers.cancel_jobs(database, box, instance_id, runner.runner_id, actor=actor)
     compute = provider(provider_name, settings)
     provider_id = provider_id or compute.lookup(instance_id)
     # A machine destroyed behind the platform's back (or never made) is not an error: the event says so.
@@ -196,6 +208,17 @@ def _terminate(database: Database, settings: PlatformSettings, payload: dict[str
             raise ProviderFailed(
                 f"{provider_name} machine {provider_id} is still {state.value} after destroy"
             )
+    late_runner = None
+    if runner is not None and runner.runner_id is None:  # registered while it was being terminated?
+        late_runner = gitea_workers.deregister_late(database, box, instance_id)
+    runner_payload: dict[str, Any] = {}
+    if runner is not None:
+        runner_payload = {
+            "gitea_runner_id": runner.runner_id or late_runner,
+            "runner_reason": None if late_runner is not None else runner.reason,
+            "machine_reason": reason,
+        }
+        reason = reason or runner_payload["runner_reason"]
     with database.session() as s:
         instance = s.get(NodeInstance, instance_id)
         if instance is None:
@@ -209,7 +232,12 @@ def _terminate(database: Database, settings: PlatformSettings, payload: dict[str
                 "ci_worker_terminated",
                 subject=instance.hostname,
                 reason=reason,
-                payload={"instance_id": instance_id, "provider": provider_name, "provider_id": provider_id},
+                payload={
+                    "instance_id": instance_id,
+                    "provider": provider_name,
+                    "provider_id": provider_id,
+                    **runner_payload,
+                },
             )
     log.info("CI worker %s: terminated (%s %s)", instance_id, provider_name, provider_id)
     return {"instance_id": instance_id, "status": InstanceStatus.TERMINATED.value, "provider_id": provider_id}
@@ -238,10 +266,11 @@ def step_failed(
                 return
             instance.status_reason = f"termination attempt {attempt} failed: {error}{retry}"[:4000]
             event = "ci_worker_termination_failed"
+        gitea = error.startswith(gitea_workers.GITEA_FAILURE_PREFIX)
         record_event(
             s,
             event,
             subject=instance.hostname,
-            reason="provider_error",
+            reason="gitea_error" if gitea else "provider_error",
             payload={"instance_id": instance_id, "attempt": attempt, "final": final, "error": error[:2000]},
         )
