@@ -129,15 +129,17 @@ def test_a_verified_uki_is_signed_served_and_verifies(
     edited[at] = ord("0") if edited[at] != ord("0") else ord("1")
     assert _sbverify(pem, bytes(edited), tmp_path) != 0
 
-    # the node reports what its firmware enforced
-    r = platform_client.post(
-        f"/api/v1/netboot/report?publication={pub_id}&mac={HEXHYP}",
-        json={"status": "booted", "secure_boot": "on"},
-    )
-    assert r.status_code == 202
+    # the node reports what its firmware enforced: the initramfs says so; the root's booted marker,
+    # which does not read the firmware, keeps what the same boot's initramfs reported
+    report = f"/api/v1/netboot/report?publication={pub_id}&mac={HEXHYP}"
+    for status in ("fetched", "verified", "switching_root"):
+        r = platform_client.post(report, json={"status": status, "secure_boot": "on"})
+        assert r.status_code == 202
+    assert platform_client.post(report, json={"status": "booted"}).status_code == 202
     with platform_db.read_session() as s:
         node = s.scalar(select(NodeInstance).where(NodeInstance.hostname == "node-1"))
         assert node is not None and node.last_report is not None
+        assert node.last_report["status"] == "booted"
         assert node.last_report["verified_boot"] is True and node.last_report["secure_boot"] == "on"
 
 

@@ -73,6 +73,7 @@ MAX_REPORT_BYTES = 64 * 1024
 REPORT_EVENT = "netboot_report"
 # What the initramfs (init.sh's ``report``/``fail``) and the booted marker (rootimage.py) send.
 REPORT_STATUSES = frozenset({"fetched", "verified", "switching_root", "booted", "error"})
+_IN_BOOT = ("fetched", "verified", "switching_root")  # the initramfs's reports, before the root's "booted"
 REPORT_REASONS = frozenset(
     {
         "bad_parameter",
@@ -442,10 +443,20 @@ class NetbootService:
         if (recent or 0) >= per_node_per_minute:
             log.warning("netboot reports for %s: over %d a minute, dropped", node.hostname, recent)
             return False
+        fields = dict(report.fields)
+        previous = node.last_report or {}
+        if (
+            "secure_boot" not in fields
+            and previous.get("publication") == report.publication
+            and previous.get("status") in _IN_BOOT
+            and previous.get("secure_boot") is not None
+        ):
+            # the booted marker (in the root) does not read the firmware: the same boot's initramfs did
+            fields["secure_boot"] = previous["secure_boot"]
         record = {
-            **report.fields,
+            **fields,
             # booted verified: the firmware enforced Secure Boot (so it ran only what the fleet key signed)
-            "verified_boot": report.fields.get("secure_boot") == "on",
+            "verified_boot": fields.get("secure_boot") == "on",
             "status": report.status,
             "publication": report.publication,
             "received_at": now.isoformat(),
