@@ -23,19 +23,20 @@ is printed at the end.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import re
 import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
-from diskci.ci.follow import follow
 from diskci.ci.repo import init_repo
 from diskci.demo import (
     BOOT_TIMEOUT,
@@ -82,6 +83,7 @@ class RunbookResult:
     boot_seconds: float = 0.0
     reports: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    push_started_at: datetime | None = None  # wall clock (UTC) as ``git push`` of the tag began
 
 
 class AuthorityServer:
@@ -207,33 +209,54 @@ def run_timeline(run: dict[str, Any]) -> list[tuple[float, str]]:
 
 
 def _watch(server: PlatformServer, run_id: int, result: RunbookResult, started: float) -> dict[str, Any]:
-    """Follow the run as ``diskci ci watch`` does (every job, step and log row), printing each job's
-    status change, until it completes and, when it succeeded, names its publication."""
+    """Follow the run with ``diskci ci watch RUN --json`` (every job, step and log row), printing each
+    job's status change, until it completes and, when it succeeded, names its publication.
 
-    def fetch_run() -> dict[str, Any]:
-        return server.action("get_gitea_workflow_run", {"run_id": run_id})
-
-    def fetch_logs(job: str, offset: int) -> dict[str, Any]:
-        return server.action("get_gitea_job_logs", {"run_id": run_id, "job_name": job, "offset": offset})
-
-    def on_change(change: dict[str, Any]) -> None:
-        if change["type"] == "log":
-            result.log_rows[change["job"]] = change["offset"] + 1
-        elif change["type"] == "job":
-            print(
-                f"  +{time.monotonic() - started:6.1f} s  job {change['job']}: {_state(change)}", flush=True
-            )
-
-    out = follow(fetch_run, fetch_logs, on_change, timeout=RUN_TIMEOUT)
+    One watcher process for the whole run, which looks at the platform's database in-process each
+    second: a ``diskci platform`` command per look would start Python (seconds of CPU) several times a
+    second beside the build it watches, on the same machine."""
+    argv = [
+        sys.executable, "-m", "diskci.cli.main", "ci", "watch", str(run_id), "--json",
+        "--timeout", f"{RUN_TIMEOUT:g}",
+    ]  # fmt: skip
+    out: dict[str, Any] | None = None
+    said: list[str] = []  # what the watcher printed that is not a change (its errors)
+    with spawn(argv, env=server.env(), inherit_env=True) as watcher:
+        assert watcher.stdout is not None
+        for raw in watcher.stdout:
+            try:
+                change = json.loads(raw)
+            except ValueError:
+                change = None
+            if not isinstance(change, dict):
+                said.append(raw.decode(errors="replace").rstrip())
+            elif change.get("type") == "run":
+                out = dict(change["run"])
+            elif change.get("type") == "log":
+                result.log_rows[change["job"]] = change["offset"] + 1
+            elif change.get("type") == "job":
+                print(
+                    f"  +{time.monotonic() - started:6.1f} s  job {change['job']}: {_state(change)}",
+                    flush=True,
+                )
+        watcher.wait()
     if out is None:
-        raise DemoError(f"CI run {run_id} did not complete within {RUN_TIMEOUT:.0f} s:\n{server.log_tail()}")
-    if out["conclusion"] == "success" and not out["publication_id"]:  # the webhook is still on its way
-        out = _poll(
-            lambda: latest if (latest := fetch_run())["publication_id"] else None,
-            PUBLICATION_TIMEOUT,
-            1.0,
-            lambda: f"CI run {run_id} succeeded but named no publication within {PUBLICATION_TIMEOUT:.0f} s",
+        raise DemoError(
+            f"CI run {run_id} did not complete within {RUN_TIMEOUT:.0f} s:\n"
+            + "\n".join(said[-20:])
+            + f"\n{server.log_tail()}"
         )
+    if out["conclusion"] == "success" and not out["publication_id"]:  # the webhook is still on its way
+        with _reads(server) as read:
+            fetch_run = functools.partial(read, "get_gitea_workflow_run", {"run_id": run_id})
+            out = _poll(
+                lambda: latest if (latest := fetch_run())["publication_id"] else None,
+                PUBLICATION_TIMEOUT,
+                1.0,
+                lambda: (
+                    f"CI run {run_id} succeeded but named no publication within {PUBLICATION_TIMEOUT:.0f} s"
+                ),
+            )
     result.timeline = run_timeline(out)
     return dict(out)
 
@@ -339,6 +362,7 @@ def _after_worker(
 
     # 5. push a tag (runbook phase 3) and 6. watch the run (phase 4)
     started = time.monotonic()
+    result.push_started_at = datetime.now(UTC)  # where the bench's timeline of the run starts
     with timed(result, "push", f"git tag {tag} && git push origin {tag}"):
         _git("-C", work, "tag", tag)
         pushed = _git("-C", work, "push", "origin", tag)
@@ -383,17 +407,42 @@ def _after_worker(
         result.worker_final_status = str(terminated["status"])
 
 
-def _wait_published(server: PlatformServer, publication_id: int) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        pub = server.action("system_get_disk_image_publication", {"id": publication_id})
-        return dict(pub) if pub["status"] in ("published", "failed") else None
+@contextlib.contextmanager
+def _reads(server: PlatformServer) -> Iterator[Callable[[str, dict[str, Any]], dict[str, Any]]]:
+    """Read-only actions invoked in this process on the platform's database, as ``diskci ci watch``
+    invokes them: a wait looks every second, and a ``diskci platform`` command per look would start
+    Python (seconds of CPU) beside the verification it waits for, on the same machine."""
+    from diskci.platform.actions.catalog import invoke
+    from diskci.platform.db.models import Role
+    from diskci.platform.db.session import Database
+    from diskci.platform.settings import PlatformSettings
 
-    pub = _poll(
-        check,
-        PUBLICATION_TIMEOUT,
-        1.0,
-        lambda: f"publication {publication_id} was not verified within 600 s:\n{server.log_tail()}",
-    )
+    settings = PlatformSettings(state_dir=server.state_dir)
+    database = Database(settings.database_url)
+
+    def read(name: str, data: dict[str, Any]) -> dict[str, Any]:
+        answer = invoke(name, data, database=database, settings=settings, actor="demo", role=Role.VIEWER)
+        return dict(answer.model_dump(mode="json"))
+
+    try:
+        yield read
+    finally:
+        database.dispose()
+
+
+def _wait_published(server: PlatformServer, publication_id: int) -> dict[str, Any]:
+    with _reads(server) as read:
+
+        def check() -> dict[str, Any] | None:
+            pub = read("system_get_disk_image_publication", {"id": publication_id})
+            return pub if pub["status"] in ("published", "failed") else None
+
+        pub = _poll(
+            check,
+            PUBLICATION_TIMEOUT,
+            1.0,
+            lambda: f"publication {publication_id} was not verified within 600 s:\n{server.log_tail()}",
+        )
     if pub["status"] != "published":
         raise DemoError(
             f"the platform refused the run's publication: {pub['failure_reason']}: {pub['failure_detail']}"

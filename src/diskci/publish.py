@@ -24,16 +24,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diskci import mediatypes as mt
 from diskci.ci.workflow import WORKFLOW_PATH
 from diskci.console import step
 from diskci.errors import UsageError
-from diskci.notify import Delivery, DiskImageBuilt, SourceRef, send_notification
 from diskci.registry.publication import Publication
 from diskci.registry.push import PushResult, push_planned, push_publication, signature_bundles
-from diskci.supplychain.bundle import SigningBackend, SignResult, Source, StatementSigner, sign_publication
-from diskci.supplychain.id_token import request_id_token
+
+if TYPE_CHECKING:  # signing (sigstore) and notifying (httpx) are imported where they run: a CI job's
+    # ``diskci push --arch`` step does neither, and would pay a second of imports for them
+    from diskci.notify import Delivery
+    from diskci.supplychain.bundle import SigningBackend, SignResult, Source, StatementSigner
 
 __all__ = [
     "AssembleRequest",
@@ -91,6 +94,8 @@ def ci_environment(environ: Mapping[str, str] | None = None) -> CIEnvironment:
     ``GITHUB_SERVER_URL``/``GITHUB_REPOSITORY``), ``GITHUB_REF``, ``GITHUB_SHA``, ``GITHUB_RUN_ID``,
     an ID token ``DISKCI_ID_TOKEN``, where to ask for one (``ACTIONS_ID_TOKEN_REQUEST_URL`` and
     ``ACTIONS_ID_TOKEN_REQUEST_TOKEN``, both set) and the webhook secret ``DISKCI_WEBHOOK_SECRET``."""
+    from diskci.supplychain.bundle import Source
+
     env = os.environ if environ is None else environ
     request_url = env.get(ID_TOKEN_REQUEST_URL_VAR, "")
     request_token = env.get(ID_TOKEN_REQUEST_TOKEN_VAR, "")
@@ -130,6 +135,8 @@ def open_authority(
 
         token = id_token
         if not token and id_token_request is not None:
+            from diskci.supplychain.id_token import request_id_token
+
             with step(f"ID token from {id_token_request.url}"):
                 token = request_id_token(
                     id_token_request.url, id_token_request.runtime_token, audience=SIGSTORE_AUDIENCE
@@ -189,6 +196,8 @@ def sign_build(
 
     ``planned``: sign that publication instead (one assembled from a registry), writing the
     signatures into ``build_dir``."""
+    from diskci.supplychain.bundle import sign_publication
+
     backend = open_authority(authority, id_token=id_token, id_token_request=id_token_request)
     identity = _signing_identity(backend, identity, issuer)
     with step(f"sign {build_dir}"):
@@ -246,8 +255,10 @@ def notify_image_built(
     """
     if secret_file is None and not secret:
         raise UsageError(_NEEDS_SECRET)
+    from diskci.notify import DiskImageBuilt, SourceRef, send_notification
     from diskci.registry import open_registry
     from diskci.registry.reference import Reference
+    from diskci.supplychain.bundle import Source
 
     source = source or Source()
     reference = Reference.parse(ref)
@@ -267,6 +278,12 @@ def notify_image_built(
         return send_notification(url, key, payload)
 
 
+def _empty_source() -> Source:
+    from diskci.supplychain.bundle import Source
+
+    return Source()
+
+
 @dataclass(frozen=True, kw_only=True)
 class _Publishing:
     """What signing and notifying need, whatever is published; no notification when ``notify_url``
@@ -277,7 +294,7 @@ class _Publishing:
     issuer: str | None = None
     id_token: str = field(default="", repr=False)
     id_token_request: IdTokenRequest | None = None
-    source: Source = field(default_factory=Source)
+    source: Source = field(default_factory=_empty_source)
     run_id: str = ""
     notify_url: str | None = None
     secret_file: Path | None = None

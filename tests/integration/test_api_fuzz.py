@@ -9,7 +9,6 @@ pytest 9, so the operations are walked here with their Hypothesis strategies.)
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import schemathesis
@@ -23,8 +22,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, status_c
 from diskci.platform.http.app import API_PREFIX
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance]
-EXAMPLES = 20
-TIME_BOUND_S = 100.0
+EXAMPLES = 20  # the bound: examples per operation and mode, never a time
 
 
 def _fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str], failures: list[str]) -> None:
@@ -56,13 +54,10 @@ def test_api_answers_every_generated_call_as_documented(
     platform_app: Any, admin_headers: dict[str, str]
 ) -> None:
     schema = schemathesis.openapi.from_asgi(f"{API_PREFIX}/openapi.json", platform_app)
-    started = time.monotonic()
     failures: list[str] = []
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) > 20
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             _fuzz(operation, mode, admin_headers, failures)
-    elapsed = time.monotonic() - started
     assert not failures, "\n\n".join(dict.fromkeys(failures))
-    assert elapsed < TIME_BOUND_S, f"the fuzz run took {elapsed:.0f} s"

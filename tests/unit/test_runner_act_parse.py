@@ -102,6 +102,19 @@ def test_plain_text_and_blank_lines() -> None:
     assert [(r.content, r.time) for r in job_log.rows] == [("not json", NOW), ("a", NOW), ("b", NOW)]
 
 
+def test_a_whole_second_of_act_is_refined_by_the_arrival_time_within_it() -> None:
+    arrived = datetime(2026, 12, 1, 13, 0, 5, 250_000, tzinfo=UTC)
+    job_log = JobLog("j", [], now=lambda: arrived)
+    job_log.feed('{"jobID": "j", "msg": "now", "time": "2026-12-01T13:00:05Z"}')  # the same second
+    job_log.feed('{"jobID": "j", "msg": "late", "time": "2026-12-01T13:00:03Z"}')  # read seconds later
+    job_log.feed('{"jobID": "j", "msg": "exact", "time": "2026-12-01T13:00:05.1Z"}')  # act was precise
+    assert [r.time for r in job_log.rows] == [
+        arrived,
+        datetime(2026, 12, 1, 13, 0, 3, tzinfo=UTC),
+        datetime(2026, 12, 1, 13, 0, 5, 100_000, tzinfo=UTC),
+    ]
+
+
 def test_dotenv_values_survive_godotenv_quoting() -> None:
     assert _quote("plain $HOME") == "'plain $HOME'"
     assert _quote('it\'s\nlines $X \\ "q"') == '"it\'s\\nlines \\$X \\\\ \\"q\\""'

@@ -42,7 +42,7 @@ def test_a_spec_that_expands_to_more_than_10_to_the_9_nodes_is_refused_at_once(t
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 0.25, elapsed
+    print(f"refused in {elapsed * 1000:.1f} ms")
     assert peak < 8 * 2**20, peak  # bytes: the loader never holds more than the few nodes it composed
     error = info.value
     assert error.source == str(spec)
@@ -65,10 +65,14 @@ def test_a_wide_bomb_and_a_merge_key_bomb_are_refused_too(tmp_path: Path) -> Non
         + "name: *m15\n"
     )
     for path in (wide, merge):
-        started = time.perf_counter()
-        with pytest.raises(SpecError, match="expands to more than"):
-            load_spec(path)
-        assert time.perf_counter() - started < 0.25
+        tracemalloc.start()
+        try:
+            with pytest.raises(SpecError, match="expands to more than"):
+                load_spec(path)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * 2**20, peak  # refused while composing: nothing was expanded
 
 
 def test_a_recursive_alias_is_refused() -> None:
@@ -97,8 +101,12 @@ def test_the_bound_is_on_expanded_nodes_not_on_text() -> None:
 
 def test_a_workflow_file_that_is_an_alias_bomb_is_refused_quickly() -> None:
     bomb = "on: push\n" + alias_bomb(9, key="jobs")
-    started = time.perf_counter()
-    with pytest.raises(InvalidWorkflow, match="expands to more than"):
-        split_workflow(bomb)
-    assert push_tag_patterns(bomb) is None  # the trigger filter reads it as "not a workflow"
-    assert time.perf_counter() - started < 0.5
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidWorkflow, match="expands to more than"):
+            split_workflow(bomb)
+        assert push_tag_patterns(bomb) is None  # the trigger filter reads it as "not a workflow"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, peak

@@ -2,7 +2,7 @@
 polls the run, reports every change of a job or a step and every new log row to ``on_change`` (as
 plain dicts: ``{"type": "job" | "step" | "log" | "run", ...}``), and returns the completed run once
 every started job's log is complete (or a short grace has passed). ``diskci ci watch`` renders the
-changes; ``diskci demo`` records them.
+changes (``--json``: one change a line, which ``diskci demo`` reads to record the run).
 """
 
 from __future__ import annotations

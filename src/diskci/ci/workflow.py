@@ -26,11 +26,12 @@ into a script.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from diskci.spec import PlatformSpec
+if TYPE_CHECKING:  # type hints only: ``diskci push`` and ``publish`` read WORKFLOW_PATH, not the spec model
+    from diskci.spec import PlatformSpec
 
 __all__ = ["DIGESTS_OUTPUT", "REPLICA_ENV", "SECRETS", "VARIABLES", "WORKFLOW_PATH", "render", "workflow"]
 

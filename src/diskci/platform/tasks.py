@@ -196,7 +196,11 @@ class TaskQueue:
 
     def consumer(self, *, workers: int, worker_type: str = "thread") -> Consumer:
         """A queue consumer of this queue (periodic tasks included): ``.start()`` in-process, ``.run()``."""
-        return self.huey.create_consumer(workers=workers, worker_type=worker_type, periodic=True)
+        # max_delay: an idle worker looks again within 1 s (huey's default backs off to 10 s), so a
+        # delivery that arrives after a quiet spell waits at most a second
+        return self.huey.create_consumer(
+            workers=workers, worker_type=worker_type, periodic=True, max_delay=1.0
+        )
 
     def processor(self) -> Any:
         from diskci.platform.secureboot.signing import sign_after_publish

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 __all__ = ["RESULTS", "JobLog", "Row", "Step", "rfc3339"]
@@ -134,13 +134,19 @@ class JobLog:
     # --- act's lines -----------------------------------------------------------------------------------
 
     def _time(self, value: Any) -> datetime:
+        """act's time of a line; act writes whole seconds, so when the line arrives within that second
+        (it is read as act writes it) the arrival time says it to the millisecond instead."""
+        now = self._now()
         if isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
             except ValueError:
-                return self._now()
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-        return self._now()
+                return now
+            parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            if parsed.microsecond == 0 and timedelta(0) <= now - parsed < timedelta(seconds=1):
+                return now
+            return parsed
+        return now
 
     def _step(self, step_id: Any) -> int | None:
         """The payload index of act's step id (by name, else in the order act reaches new ones)."""
