@@ -236,6 +236,19 @@ def validation_detail(exc: ValidationError) -> str:
     return "; ".join(lines)
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a string anywhere in ``value`` holds a NUL (no database text column can store one)."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, BaseModel):
+        return any(_has_nul(getattr(value, name)) for name in type(value).model_fields)
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_nul(item) for item in value)
+    return False
+
+
 def _out_of_range(value: Any, path: str) -> str | None:
     """The path of the first integer in ``value`` that no INTEGER column holds, if any."""
     if isinstance(value, bool):
@@ -268,6 +281,8 @@ def parse_input(spec: ActionSpec, data: BaseModel | Mapping[str, Any] | None) ->
         raise InvalidRequest(f"invalid input for {spec.name}: not JSON data: {exc}") from exc
     except ValidationError as exc:
         raise InvalidRequest(f"invalid input for {spec.name}: {validation_detail(exc)}") from exc
+    if _has_nul(payload):
+        raise InvalidRequest(f"invalid input for {spec.name}: a text value holds a NUL character (\\u0000)")
     field = _out_of_range(payload, "")
     if field is not None:
         raise InvalidRequest(
