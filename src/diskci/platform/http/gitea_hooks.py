@@ -37,7 +37,7 @@ from diskci.platform.gitea.webhooks import (
     WorkflowRunEvent,
     read_delivery,
 )
-from diskci.platform.http.limits import BodyTooLarge
+from diskci.platform.http.limits import read_bounded
 from diskci.platform.secrets import SecretBox
 from diskci.platform.settings import PlatformSettings
 
@@ -89,14 +89,7 @@ def _accept(request: Request, platform_name: str, body: bytes) -> tuple[int, dic
 )
 async def gitea_hook(platform_name: str, request: Request) -> JSONResponse:
     settings: PlatformSettings = request.app.state.settings
-    limit = settings.webhook_max_body_bytes
     # 1. bounded while it streams (the body limit middleware has bounded it already)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds the {limit}-byte limit of Gitea webhook deliveries")
-        chunks.append(chunk)
-    status, answer = await run_in_threadpool(_accept, request, platform_name, b"".join(chunks))
+    body = await read_bounded(request, settings.webhook_max_body_bytes, "Gitea webhook deliveries")
+    status, answer = await run_in_threadpool(_accept, request, platform_name, body)
     return JSONResponse(status_code=status, content=answer)

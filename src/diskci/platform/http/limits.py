@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from diskci.errors import InvalidRequest, PlatformError
@@ -126,3 +127,16 @@ class BodyLimitMiddleware:
                 raise
         if guarded.exceeded:
             await guarded.refuse()
+
+
+async def read_bounded(request: Request, limit: int, what: str) -> bytes:
+    """The request's body, refused with ``BodyTooLarge`` the moment it passes ``limit`` bytes (for a
+    route with a limit of its own below the middleware's); ``what`` names the body in the refusal."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the {limit}-byte limit of {what}")
+        chunks.append(chunk)
+    return b"".join(chunks)
