@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +18,12 @@ from typer.testing import CliRunner
 
 from diskci import mediatypes as mt
 from diskci.cli.main import app
-from diskci.errors import VerificationFailed
+from diskci.errors import RegistryError, VerificationFailed
 from diskci.registry import BlobSource, open_registry
 from diskci.registry.publication import PUBLICATION_BUNDLE, SIGNATURES_DIR, plan_publication
 from diskci.registry.pull import pull_publication
-from diskci.registry.push import bundle_referrer, push_publication
+from diskci.registry.push import EMPTY_JSON, bundle_referrer, push_publication
+from diskci.registry.store import Descriptor
 from diskci.supplychain import rekor_entries
 from diskci.supplychain.authority import SigningAuthority
 from diskci.supplychain.bundle import IdentityPolicy, sign_publication
@@ -112,6 +114,49 @@ def test_repush_is_idempotent_and_resumes(
     assert second.manifests == first.manifests and second.referrers == first.referrers
     assert second.blobs_sent == 0 and second.bytes_sent == 0
     assert len(client.referrers(first.digest)) == 2  # no duplicate referrers
+
+
+def test_architectures_sharing_a_blob_push_at_once(registry: str) -> None:
+    """The build workflow's jobs push their architectures at the same moment, and layers they share
+    (the config, a package list) are linked by both at once: every manifest lands, round after round
+    (docker-registry rewrites a blob's link in place; the client asks again while it reads unknown)."""
+    failures: list[str] = []
+
+    def push(round_no: int, arch: str, shared: bytes) -> None:
+        client = open_registry(f"{registry}/ops/shared-{round_no}")
+        own = f"{arch}-{round_no}".encode()
+        blobs = [(Descriptor.for_bytes(mt.OCI_EMPTY, EMPTY_JSON), EMPTY_JSON)] + [
+            (Descriptor.for_bytes("application/octet-stream", data), data) for data in (shared, own)
+        ]
+        for desc, data in blobs:
+            client.push_blob(desc, BlobSource(data=data, size=len(data)))
+        config, *layers = (desc for desc, _ in blobs)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": mt.OCI_MANIFEST,
+            "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+            "layers": [{"mediaType": d.media_type, "digest": d.digest, "size": d.size} for d in layers],
+        }
+        try:
+            client.push_manifest(json.dumps(manifest).encode(), mt.OCI_MANIFEST, tag=arch)
+        except RegistryError as exc:
+            failures.append(str(exc))
+
+    for round_no in range(100):
+        shared = round_no.to_bytes(4, "big") * 16
+        arches = ("amd64", "arm64", "riscv64", "ppc64el")
+        jobs = [threading.Thread(target=push, args=(round_no, arch, shared)) for arch in arches]
+        for job in jobs:
+            job.start()
+        for job in jobs:
+            job.join()
+    assert failures == []
+    assert sorted(open_registry(f"{registry}/ops/shared-99").tags()) == [
+        "amd64",
+        "arm64",
+        "ppc64el",
+        "riscv64",
+    ]
 
 
 @pytest.mark.parametrize(

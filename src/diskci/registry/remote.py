@@ -37,6 +37,7 @@ from diskci.registry.store import (
 
 log = logging.getLogger("diskci.registry")
 _ACCEPT = ", ".join(MANIFEST_TYPES)
+_SETTLE_ATTEMPTS = 4  # requests whose answer shows a concurrent push not yet settled: at most this often
 
 
 class RemoteRegistry:
@@ -67,18 +68,44 @@ class RemoteRegistry:
                 log.debug("%s %s: %s (retrying)", method, url, exc)
         raise RegistryError(f"cannot reach registry {self.reference.host}: {last}") from last
 
-    def _fail(self, resp: requests.Response, what: str) -> RegistryError:
-        detail = resp.text[:500]
+    @staticmethod
+    def _errors(resp: requests.Response) -> list[dict[str, Any]]:
+        """The ``errors`` of a distribution error body ([] when it is not one)."""
         try:
-            errors = resp.json().get("errors") or []
-            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or detail
+            body = resp.json()
         except ValueError:
-            pass
+            return []
+        errors = body.get("errors") if isinstance(body, dict) else None
+        return [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else []
+
+    def _fail(self, resp: requests.Response, what: str) -> RegistryError:
+        errors = self._errors(resp)
+        detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or resp.text[:500]
         return RegistryError(f"{what}: registry {self.reference.host} answered {resp.status_code}: {detail}")
+
+    @staticmethod
+    def _settled(
+        send: Callable[[], requests.Response], unsettled: Callable[[requests.Response], bool], what: str
+    ) -> requests.Response:
+        """``send()``, again while its answer is ``unsettled`` (at most ``_SETTLE_ATTEMPTS`` in all).
+
+        docker-registry's filesystem store rewrites a blob's repository link in place, so while
+        another pusher links the same blob (two architectures share a layer) a HEAD of it can fail
+        (500) and a manifest naming it can be refused (MANIFEST_BLOB_UNKNOWN) for a moment."""
+        for attempt in retrying(attempts=_SETTLE_ATTEMPTS, first_delay=0.2):
+            resp = send()
+            if not unsettled(resp) or attempt == _SETTLE_ATTEMPTS - 1:
+                break
+            log.info("%s: registry answered %s, asking again", what, resp.status_code)
+        return resp
 
     # --- blobs ---------------------------------------------------------------------------------
     def has_blob(self, digest: str) -> bool:
-        resp = self._request("HEAD", f"/blobs/{digest}")
+        resp = self._settled(
+            lambda: self._request("HEAD", f"/blobs/{digest}"),
+            lambda r: r.status_code == 500,
+            f"HEAD blob {digest}",
+        )
         if resp.status_code == 200:
             return True
         if resp.status_code == 404:
@@ -133,8 +160,15 @@ class RemoteRegistry:
     # --- manifests -----------------------------------------------------------------------------
     def push_manifest(self, data: bytes, media_type: str, *, tag: str | None = None) -> str:
         digest = sha256_digest(data)
-        resp = self._request(
-            "PUT", f"/manifests/{tag or digest}", data=data, headers={"Content-Type": media_type}
+        resp = self._settled(
+            lambda: self._request(
+                "PUT", f"/manifests/{tag or digest}", data=data, headers={"Content-Type": media_type}
+            ),
+            lambda r: (
+                r.status_code == 400
+                and any(e.get("code") == "MANIFEST_BLOB_UNKNOWN" for e in self._errors(r))
+            ),
+            f"PUT manifest {tag or digest}",
         )
         if resp.status_code not in (201, 200):
             raise self._fail(resp, f"PUT manifest {tag or digest}")
