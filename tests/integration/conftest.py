@@ -1,4 +1,5 @@
-"""Integration fixtures: Debian's docker-registry (distribution 2.8) on 127.0.0.1, small signed builds."""
+"""Integration fixtures: Debian's docker-registry (distribution 2.8) on 127.0.0.1, small signed builds,
+moto's EC2 server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from loopback import free_port
+from moto_ec2 import AWS_ENV
 
 from diskci import mediatypes as mt
 from diskci.manifest import Artifact, BuildManifest
@@ -71,6 +73,31 @@ def registry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
 def registry(registry_server: RegistryServer) -> str:
     """``host:port`` of the test registry."""
     return registry_server.address
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """moto's server (EC2 and the rest of AWS, over HTTP) on a free loopback port, one per module."""
+    import httpx
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    try:
+        httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()  # nothing of another module's
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def moto_endpoint(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """moto's URL, with the AWS environment boto3 reads set to dummy values."""
+    for name, value in AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    return moto_url
 
 
 @pytest.fixture(scope="session")

@@ -11,18 +11,15 @@ schema check of the user-data.
 from __future__ import annotations
 
 import base64
-import functools
 import itertools
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
+from moto_ec2 import IMAGE, aws
 
 from diskci.errors import UsageError
 from diskci.platform.actions.catalog import invoke
@@ -48,17 +45,7 @@ from diskci.platform.settings import PlatformSettings
 from diskci.platform.tasks import TaskQueue, _run_ci_worker_task
 from host_tools import require_tool
 
-IMAGE = "ami-0123456789abcdef0"
 _PLATFORMS = itertools.count(1)
-AWS_ENV = {  # dummy credentials, as moto wants; never the instance metadata service
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
 WORKER = {
     "hostname": "ci-ec2-1",
     "provider": "ec2",
@@ -66,27 +53,6 @@ WORKER = {
     "provider_instance_type_id": "type-c5-2xlarge",
     "build_targets": ["amd64", "arm64"],
 }
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    try:
-        httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()  # nothing of another module's
-        yield url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def endpoint(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """moto's URL, with the AWS environment boto3 reads set to dummy values."""
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
-    return moto_url
 
 
 @pytest.fixture
@@ -97,20 +63,14 @@ def platform() -> str:
 
 
 @pytest.fixture
-def ec2(endpoint: str, platform: str) -> EC2Provider:
+def ec2(moto_endpoint: str, platform: str) -> EC2Provider:
     return EC2Provider(
         platform_tag=platform,
         image_ids={"*": IMAGE},
-        endpoint_url=endpoint,
+        endpoint_url=moto_endpoint,
         terminate_timeout=10,
         poll_interval=0.2,
     )
-
-
-@functools.cache
-def aws(endpoint: str, region: str = "us-east-1") -> Any:
-    """A boto3 EC2 client of the test's own, to look behind the provider (made once: it takes a while)."""
-    return boto3.client("ec2", region_name=region, endpoint_url=endpoint)
 
 
 def machine(instance_id: int = 7, **overrides: Any) -> WorkerMachine:
@@ -127,46 +87,48 @@ def machine(instance_id: int = 7, **overrides: Any) -> WorkerMachine:
     return WorkerMachine(**values)
 
 
-def instances(endpoint: str, platform: str, region: str = "us-east-1") -> list[dict[str, Any]]:
+def instances(moto_endpoint: str, platform: str, region: str = "us-east-1") -> list[dict[str, Any]]:
     """Every instance of ``platform`` in ``region``, terminated ones too."""
     filters = [{"Name": f"tag:{PLATFORM_TAG}", "Values": [platform]}]
-    reply = aws(endpoint, region).describe_instances(Filters=filters)
+    reply = aws(moto_endpoint, region).describe_instances(Filters=filters)
     return [i for r in reply["Reservations"] for i in r["Instances"]]
 
 
 def test_create_twice_makes_one_tagged_instance_booting_the_user_data(
-    ec2: EC2Provider, endpoint: str, platform: str
+    ec2: EC2Provider, moto_endpoint: str, platform: str
 ) -> None:
     worker = machine()
     first = ec2.create(worker)
     assert ec2.create(worker) == first  # the retry finds it by its tags
     region, instance_id = first.split("/")
     assert region == "us-east-1"
-    [made] = instances(endpoint, platform)
+    [made] = instances(moto_endpoint, platform)
     assert made["InstanceId"] == instance_id and made["InstanceType"] == "c5.2xlarge"
     assert made["ImageId"] == IMAGE
     assert made["ClientToken"] == client_token(platform, 7)
     tags = {t["Key"]: t["Value"] for t in made["Tags"]}
     assert tags == {"Name": "ci-7", INSTANCE_TAG: "7", PLATFORM_TAG: platform}
     assert made["MetadataOptions"]["HttpTokens"] == "required"
-    attribute = aws(endpoint).describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    attribute = aws(moto_endpoint).describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
     user_data = base64.b64decode(attribute["UserData"]["Value"]).decode()
     assert user_data == render_user_data(worker, RunnerAgent.DISKCI)
     assert yaml.safe_load(user_data)["hostname"] == "ci-7"
     assert ec2.get(first) is MachineState.RUNNING
     assert ec2.lookup(7) == first and ec2.lookup(8) is None
     # another platform sharing the account does not take this machine for its own NodeInstance 7
-    other = EC2Provider(platform_tag="https://other.example", image_ids={"*": IMAGE}, endpoint_url=endpoint)
+    other = EC2Provider(
+        platform_tag="https://other.example", image_ids={"*": IMAGE}, endpoint_url=moto_endpoint
+    )
     assert other.lookup(7) is None
     assert client_token("https://other.example", 7) != client_token(platform, 7)
 
 
 def test_destroy_waits_for_terminated_and_is_idempotent(
-    ec2: EC2Provider, endpoint: str, platform: str
+    ec2: EC2Provider, moto_endpoint: str, platform: str
 ) -> None:
     made = ec2.create(machine())
     ec2.destroy(made)
-    assert [i["State"]["Name"] for i in instances(endpoint, platform)] == ["terminated"]
+    assert [i["State"]["Name"] for i in instances(moto_endpoint, platform)] == ["terminated"]
     assert ec2.get(made) is MachineState.GONE
     ec2.destroy(made)  # again: fine
     assert ec2.lookup(7) is None
@@ -175,40 +137,45 @@ def test_destroy_waits_for_terminated_and_is_idempotent(
     ec2.destroy(never)
 
 
-def test_stopped_and_stopping_instances_map_to_stopped(ec2: EC2Provider, endpoint: str) -> None:
+def test_stopped_and_stopping_instances_map_to_stopped(ec2: EC2Provider, moto_endpoint: str) -> None:
     made = ec2.create(machine(region="region-aws-eu-west-1"))
     assert made.startswith("eu-west-1/")
-    aws(endpoint, "eu-west-1").stop_instances(InstanceIds=[made.split("/")[1]])
+    aws(moto_endpoint, "eu-west-1").stop_instances(InstanceIds=[made.split("/")[1]])
     assert ec2.get(made) is MachineState.STOPPED
     assert ec2.lookup(7) == made  # a stopped machine is still the worker's (terminate destroys it)
     ec2.destroy(made)
     assert ec2.get(made) is MachineState.GONE
 
 
-def test_aws_errors_are_provider_failures_with_the_aws_code(ec2: EC2Provider, endpoint: str) -> None:
+def test_aws_errors_are_provider_failures_with_the_aws_code(ec2: EC2Provider, moto_endpoint: str) -> None:
     made = ec2.create(machine())
     instance_id = made.split("/")[1]
-    aws(endpoint).modify_instance_attribute(InstanceId=instance_id, DisableApiTermination={"Value": True})
+    aws(moto_endpoint).modify_instance_attribute(
+        InstanceId=instance_id, DisableApiTermination={"Value": True}
+    )
     with pytest.raises(ProviderFailed, match=rf"EC2 TerminateInstances of {made}: OperationNotPermitted"):
         ec2.destroy(made)
     assert ec2.get(made) is MachineState.RUNNING  # nothing half done
 
 
 def test_no_credentials_is_a_provider_failure(
-    endpoint: str, platform: str, monkeypatch: pytest.MonkeyPatch
+    moto_endpoint: str, platform: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
     # a session of its own: the process's clients were made with the dummy credentials already
     bare = EC2Provider(
-        platform_tag=platform, image_ids={"*": IMAGE}, endpoint_url=endpoint, session=boto3.session.Session()
+        platform_tag=platform,
+        image_ids={"*": IMAGE},
+        endpoint_url=moto_endpoint,
+        session=boto3.session.Session(),
     )
     with pytest.raises(ProviderFailed, match=r"EC2 DescribeInstances in us-east-1: NoCredentialsError"):
         bare.create(machine())
 
 
 def test_unknown_region_or_type_and_missing_image_name_what_is_wrong(
-    ec2: EC2Provider, endpoint: str, platform: str
+    ec2: EC2Provider, moto_endpoint: str, platform: str
 ) -> None:
     with pytest.raises(UnknownRegion, match=r"^provider_region_id 'us-east-1': provider 'ec2' has no such"):
         ec2.create(machine(region="us-east-1"))
@@ -216,10 +183,10 @@ def test_unknown_region_or_type_and_missing_image_name_what_is_wrong(
         ec2.create(machine(instance_type="c5.2xlarge"))
     with pytest.raises(UnknownInstanceType, match=r"choices: type-c5-xlarge, type-c5-2xlarge"):
         catalog("ec2").instance_type("region-aws-eu-central-1", "type-t3-micro")
-    imageless = EC2Provider(platform_tag=platform, image_ids={"eu-west-1": IMAGE}, endpoint_url=endpoint)
+    imageless = EC2Provider(platform_tag=platform, image_ids={"eu-west-1": IMAGE}, endpoint_url=moto_endpoint)
     with pytest.raises(UsageError, match=r"no EC2 image for us-east-1: set DISKCI_EC2_IMAGE_ID"):
         imageless.create(machine())
-    assert instances(endpoint, platform) == []  # nothing made
+    assert instances(moto_endpoint, platform) == []  # nothing made
     assert parse_image_ids("us-east-1=ami-0123456789abcdef0, ami-0fedcba987654321f") == {
         "us-east-1": IMAGE,
         "*": "ami-0fedcba987654321f",
@@ -237,12 +204,12 @@ def _call(db: Database, settings: PlatformSettings, name: str, data: dict[str, A
 
 @pytest.fixture
 def ec2_settings(
-    endpoint: str, platform: str, platform_settings: PlatformSettings, monkeypatch: pytest.MonkeyPatch
+    moto_endpoint: str, platform: str, platform_settings: PlatformSettings, monkeypatch: pytest.MonkeyPatch
 ) -> PlatformSettings:
     """The test platform's settings, its CI URL this test's own, with the EC2 endpoint and image."""
     monkeypatch.setattr(TaskQueue, "enqueue_ci_worker_task", lambda self, task_id: task_id)
     return platform_settings.model_copy(
-        update={"ci_base_url": platform, "ec2_endpoint_url": endpoint, "ec2_image_id": IMAGE}
+        update={"ci_base_url": platform, "ec2_endpoint_url": moto_endpoint, "ec2_image_id": IMAGE}
     )
 
 
@@ -263,13 +230,15 @@ def _provisioned(db: Database, settings: PlatformSettings) -> tuple[Any, str]:
 
 
 def test_provision_and_terminate_actions_on_ec2(
-    platform_db: Database, ec2_settings: PlatformSettings, endpoint: str, platform: str
+    platform_db: Database, ec2_settings: PlatformSettings, moto_endpoint: str, platform: str
 ) -> None:
     answer, provider_id = _provisioned(platform_db, ec2_settings)
-    [made] = instances(endpoint, platform)
+    [made] = instances(moto_endpoint, platform)
     tags = {t["Key"]: t["Value"] for t in made["Tags"]}
     assert tags[INSTANCE_TAG] == str(answer.instance.id) and tags[PLATFORM_TAG] == ec2_settings.ci_base_url
-    attribute = aws(endpoint).describe_instance_attribute(InstanceId=made["InstanceId"], Attribute="userData")
+    attribute = aws(moto_endpoint).describe_instance_attribute(
+        InstanceId=made["InstanceId"], Attribute="userData"
+    )
     user_data = base64.b64decode(attribute["UserData"]["Value"]).decode()
     assert answer.runner_token in user_data  # the one-time token reaches the machine (its 0600 file)
 
@@ -281,15 +250,17 @@ def test_provision_and_terminate_actions_on_ec2(
     with platform_db.read_session() as s:
         last = s.query(Event).order_by(Event.id.desc()).first()
         assert last is not None and (last.type, last.reason) == ("ci_worker_terminated", None)
-    assert [i["State"]["Name"] for i in instances(endpoint, platform)] == ["terminated"]
+    assert [i["State"]["Name"] for i in instances(moto_endpoint, platform)] == ["terminated"]
     assert provider("ec2", ec2_settings).lookup(answer.instance.id) is None
 
 
 def test_an_instance_already_gone_terminates_cleanly(
-    platform_db: Database, ec2_settings: PlatformSettings, endpoint: str, platform: str
+    platform_db: Database, ec2_settings: PlatformSettings, moto_endpoint: str, platform: str
 ) -> None:
     answer, provider_id = _provisioned(platform_db, ec2_settings)
-    aws(endpoint).terminate_instances(InstanceIds=[provider_id.split("/")[1]])  # behind the platform's back
+    aws(moto_endpoint).terminate_instances(
+        InstanceIds=[provider_id.split("/")[1]]
+    )  # behind the platform's back
     queue = TaskQueue(ec2_settings, database=platform_db)
     terminating = _call(platform_db, ec2_settings, "system_terminate_ci_worker", {"id": answer.instance.id})
     _run_ci_worker_task(queue, terminating.task_id, None)

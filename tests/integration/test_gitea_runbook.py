@@ -21,19 +21,15 @@ authority, through the real actions, HTTP routes and tasks:
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-import httpx
 import pytest
-from moto.server import ThreadedMotoServer
+from moto_ec2 import IMAGE, aws
 from platform_publication_helpers import (
     IDENTITY_REGEXP,
     ISSUER,
@@ -61,35 +57,7 @@ PLATFORM = "debian-12-amd64"
 OWNER, REPO = "ops", "images"
 TAG, TAG_SHA = "v2026.12.0", "c" * 40
 JOBS = ["build amd64", "publish"]
-IMAGE = "ami-0123456789abcdef0"
 HOSTNAME = "ci-gitea-runbook-1"
-AWS_ENV = {  # dummy credentials, as moto wants; never the instance metadata service
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    try:
-        httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
-        yield url
-    finally:
-        server.stop()
-
-
-@functools.cache
-def aws(endpoint: str) -> Any:
-    return boto3.client("ec2", region_name="us-east-1", endpoint_url=endpoint)
 
 
 def _gitea_hook(client: Any, secret: str, event: str, body: dict[str, Any]) -> Any:
@@ -100,7 +68,7 @@ def _gitea_hook(client: Any, secret: str, event: str, body: dict[str, Any]) -> A
 
 
 def test_the_runbook_on_gitea_with_ec2_workers(
-    moto_url: str,
+    moto_endpoint: str,
     platform_db: Database,
     platform_settings: PlatformSettings,
     platform_client: Any,
@@ -111,12 +79,10 @@ def test_the_runbook_on_gitea_with_ec2_workers(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> None:
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
     settings = platform_settings.model_copy(
         update={
             "ci_base_url": f"http://127.0.0.1:8480/gitea-runbook-{uuid.uuid4().hex[:8]}",
-            "ec2_endpoint_url": moto_url,
+            "ec2_endpoint_url": moto_endpoint,
             "ec2_image_id": IMAGE,
         }
     )
@@ -149,7 +115,7 @@ def test_the_runbook_on_gitea_with_ec2_workers(
                       build_targets=["amd64"], node_platform=PLATFORM)  # fmt: skip
         assert worker.registration_url == gitea_url
         provider_id = run_task(worker.task_id)["provider_id"]
-        attribute = aws(moto_url).describe_instance_attribute(
+        attribute = aws(moto_endpoint).describe_instance_attribute(
             InstanceId=provider_id.split("/")[1], Attribute="userData"
         )
         user_data = base64.b64decode(attribute["UserData"]["Value"]).decode()
@@ -234,7 +200,7 @@ def test_the_runbook_on_gitea_with_ec2_workers(
         assert run_task(terminating.task_id)["status"] == "terminated"
         assert fake.calls("DELETE", f"/repos/{OWNER}/{REPO}/actions/runners/{runner_id}") == 1
         assert runner_id not in fake.runners
-        reply = aws(moto_url).describe_instances(InstanceIds=[provider_id.split("/")[1]])
+        reply = aws(moto_endpoint).describe_instances(InstanceIds=[provider_id.split("/")[1]])
         assert reply["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
         with platform_db.read_session() as s:
             node = s.get(NodeInstance, worker.instance.id)

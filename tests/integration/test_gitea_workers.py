@@ -17,7 +17,6 @@ system_configure_disk_image_ci: this test is about the workers.
 from __future__ import annotations
 
 import base64
-import functools
 import itertools
 import subprocess
 from collections.abc import Iterator
@@ -26,11 +25,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import boto3
-import httpx
 import pytest
 import yaml
-from moto.server import ThreadedMotoServer
+from moto_ec2 import IMAGE, aws
 
 from diskci.errors import InvalidRequest
 from diskci.platform.actions.catalog import invoke, preview_action
@@ -62,36 +59,8 @@ from diskci.platform.tasks import TaskQueue, _run_ci_worker_task
 from fake_gitea import FakeGitea, served
 from host_tools import require_tool
 
-IMAGE = "ami-0123456789abcdef0"
 OWNER, REPO = "ops", "disk-images"
 _PLATFORMS = itertools.count(1)
-AWS_ENV = {  # dummy credentials, as moto wants; never the instance metadata service
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "AWS_CONFIG_FILE": "/nonexistent/aws-config",
-    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
-}
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    try:
-        httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
-        yield url
-    finally:
-        server.stop()
-
-
-@functools.cache
-def aws(endpoint: str) -> Any:
-    return boto3.client("ec2", region_name="us-east-1", endpoint_url=endpoint)
 
 
 @dataclass
@@ -164,20 +133,18 @@ class Setup:
 
 @pytest.fixture
 def setup(
-    moto_url: str,
+    moto_endpoint: str,
     platform_db: Database,
     platform_settings: PlatformSettings,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Setup]:
-    for name, value in AWS_ENV.items():
-        monkeypatch.setenv(name, value)
     monkeypatch.setattr(gitea_workers, "GITEA_TIMEOUT", 1.0)
     fake = FakeGitea(version="1.25.0")
     fake.add_repo(OWNER, REPO)
     settings = platform_settings.model_copy(
         update={
             "ci_base_url": f"http://127.0.0.1:8480/gitea-workers-{next(_PLATFORMS)}",
-            "ec2_endpoint_url": moto_url,
+            "ec2_endpoint_url": moto_endpoint,
             "ec2_image_id": IMAGE,
         }
     )
@@ -198,7 +165,7 @@ def setup(
             s.flush()
             box = SecretBox(key=settings.resolve_secret_key())
             platform.gitea_token_encrypted = box.encrypt(fake.token, purpose=token_purpose(platform.id))
-        yield Setup(platform_db, settings, fake, gitea_url, moto_url, name)
+        yield Setup(platform_db, settings, fake, gitea_url, moto_endpoint, name)
 
 
 def _user_data(endpoint: str, provider_id: str) -> str:
