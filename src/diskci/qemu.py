@@ -1,5 +1,8 @@
 """A QEMU machine whose serial console is read line by line: used by ``diskci demo`` and the boot tests.
 
+The line being written is matched too, before its newline comes: firmware prints ``>>Start PXE over
+IPv4.`` and then nothing for a minute, until its DHCP gives up.
+
 ``with QemuConsole(argv) as vm: vm.wait_for(r"diskci: booted", timeout=300)``; ``wait_for`` fails with
 ``BootTimeout`` carrying the last console lines, so a boot that goes wrong shows where it stopped. QEMU
 always runs with TCG and user-mode networking (the callers build the argv); it is started and stopped
@@ -40,6 +43,7 @@ class QemuConsole:
         self.argv = list(argv)
         self.log_path = log_path
         self.lines: list[str] = []
+        self.partial = ""  # the console line being written: what came after the last newline
         self.started = 0.0
         self._cond = threading.Condition()
         self._stack = contextlib.ExitStack()
@@ -60,21 +64,29 @@ class QemuConsole:
     def _read(self) -> None:
         assert self._child is not None and self._child.stdout is not None
         log = open(self.log_path, "w") if self.log_path else None  # noqa: SIM115
+        pending = b""
         try:
-            for raw in self._child.stdout:
-                line = raw.decode(errors="replace").replace("\r", "").rstrip("\n")
-                if log:
-                    log.write(line + "\n")
+            while chunk := self._child.stdout.read1(65536):  # type: ignore[attr-defined]
+                *complete, pending = (pending + chunk).split(b"\n")
+                lines = [raw.decode(errors="replace").replace("\r", "") for raw in complete]
+                if log and lines:
+                    log.write("".join(line + "\n" for line in lines))
                     log.flush()
                 with self._cond:
-                    self.lines.append(line)
+                    self.lines.extend(lines)
+                    self.partial = pending.decode(errors="replace").replace("\r", "")
                     self._cond.notify_all()
         finally:
-            if log:
-                log.close()
             with self._cond:
+                if pending:
+                    self.lines.append(pending.decode(errors="replace").replace("\r", ""))
+                    if log:
+                        log.write(self.lines[-1] + "\n")
+                self.partial = ""
                 self._eof = True
                 self._cond.notify_all()
+            if log:
+                log.close()
 
     @property
     def elapsed(self) -> float:
@@ -82,16 +94,16 @@ class QemuConsole:
 
     def tail(self, n: int = TAIL_LINES) -> str:
         with self._cond:
-            return "\n".join(self.lines[-n:])
+            return "\n".join([*self.lines, self.partial][-n:] if self.partial else self.lines[-n:])
 
     def saw(self, pattern: str) -> bool:
         rx = re.compile(pattern)
         with self._cond:
-            return any(rx.search(line) for line in self.lines)
+            return any(rx.search(line) for line in [*self.lines, self.partial])
 
     def wait_for(self, pattern: str, *, timeout: float) -> str:
-        """The first console line matching ``pattern``; BootTimeout (with the console tail) when the
-        line does not come within ``timeout`` seconds or QEMU exits first."""
+        """The first console line matching ``pattern`` (the line being written counts, as it stands);
+        BootTimeout (with the console tail) when none does within ``timeout`` seconds or QEMU exits."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
@@ -101,10 +113,12 @@ class QemuConsole:
                     if rx.search(line):
                         return line
                 seen = len(self.lines)
+                if self.partial and rx.search(self.partial):
+                    return self.partial
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:
                     why = "QEMU exited" if self._eof else f"no match within {timeout:.0f}s"
-                    raise BootTimeout(pattern, why, self.elapsed, "\n".join(self.lines[-TAIL_LINES:]))
+                    raise BootTimeout(pattern, why, self.elapsed, self.tail())
                 self._cond.wait(min(left, 1.0))
 
     def stop(self) -> None:
