@@ -7,11 +7,12 @@ STAMP := $(VENV)/.installed
 APT_STAMP := $(VENV)/.apt-installed
 SIGSTORE_JS := $(VENV)/sigstore-js
 SIGSTORE_JS_STAMP := $(SIGSTORE_JS)/.installed
+COMPOSEFS_STAMP := $(VENV)/.mkcomposefs
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo lint bench unit integration e2e clean
 
-setup: $(APT_STAMP) $(STAMP) $(SIGSTORE_JS_STAMP)
+setup: $(APT_STAMP) $(STAMP) $(SIGSTORE_JS_STAMP) $(COMPOSEFS_STAMP)
 
 # Debian packages: installed only when one of them is missing (idempotent and fast when done).
 $(APT_STAMP): deploy/debian-packages.txt deploy/setup-host.sh
@@ -30,6 +31,11 @@ $(SIGSTORE_JS_STAMP): tests/interop/sigstore-js/package.json tests/interop/sigst
 	@mkdir -p $(SIGSTORE_JS)
 	cp tests/interop/sigstore-js/package.json tests/interop/sigstore-js/package-lock.json $(SIGSTORE_JS)/
 	cd $(SIGSTORE_JS) && npm ci --quiet --no-audit --no-fund
+	@touch $@
+
+# mkcomposefs 1.0.8 (Debian 12 has no package): the oracle of the composefs byte-identity tests
+$(COMPOSEFS_STAMP): deploy/build-composefs.sh $(APT_STAMP)
+	bash deploy/build-composefs.sh
 	@touch $@
 
 lint: setup

@@ -2,8 +2,9 @@
 
 ``make setup`` installs every package in deploy/debian-packages.txt and CI runs the tests as root (README),
 so with ``$CI`` set (read as ``diskci.console`` reads it) a missing tool or root is a broken set-up that
-must not hide behind skips. What ``make setup`` cannot provide still skips in CI: mkcomposefs (no Debian
-12 package) and the host kernel's features (loop devices, erofs, overlayfs), each said at its call site.
+must not hide behind skips; mkcomposefs, which Debian 12 does not package, ``make setup`` builds from
+Debian's source (deploy/build-composefs.sh). What it cannot provide still skips in CI: the host kernel's
+features (loop devices, erofs, overlayfs), each said at its call site.
 
 This module is also a pytest plugin (``pytest_plugins`` in tests/conftest.py): ``needs_tool`` and
 ``needs`` mark tests or modules whose host checks run before the test's fixtures.
@@ -22,8 +23,8 @@ import pytest
 MARKER = "needs_host"
 SETUP_INSTALLS = "`make setup` installs it (deploy/debian-packages.txt)"
 CI_RUNS_AS_ROOT = "CI runs the tests as root (README)"
-# Tools CI may lack, and why make setup cannot install them.
-CI_MAY_LACK = {"mkcomposefs": "Debian 12 has no package of it (Debian 13: composefs)"}
+# Tools make setup builds rather than installs from a Debian package.
+SETUP_BUILDS = {"mkcomposefs": "`make setup` builds it (deploy/build-composefs.sh)"}
 
 
 def in_ci() -> bool:
@@ -43,14 +44,13 @@ def unavailable(reason: str, *, ci_guarantee: str | None) -> NoReturn:
 
 
 def require_tool(name: str, why: str) -> str:
-    """The path of host tool ``name``; skips (fails in CI, unless ``CI_MAY_LACK``) when not installed.
+    """The path of host tool ``name``; skips (fails in CI: ``make setup`` provides it) when not installed.
 
     ``why`` names where the tool comes from, e.g. "Debian package 'erofs-utils'".
     """
     path = shutil.which(name)
     if path is None:
-        guarantee = None if name in CI_MAY_LACK else SETUP_INSTALLS
-        unavailable(f"{name} is not installed ({why})", ci_guarantee=guarantee)
+        unavailable(f"{name} is not installed ({why})", ci_guarantee=SETUP_BUILDS.get(name, SETUP_INSTALLS))
     return path
 
 
