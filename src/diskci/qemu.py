@@ -1,7 +1,8 @@
 """A QEMU machine whose serial console is read line by line: used by ``diskci demo`` and the boot tests.
 
-The line being written is matched too, before its newline comes: firmware prints ``>>Start PXE over
-IPv4.`` and then nothing for a minute, until its DHCP gives up.
+``wait_for(..., unfinished=True)`` also matches the line being written, before its newline comes:
+firmware prints ``>>Start PXE over IPv4.`` and then nothing for a minute, until its DHCP gives up.
+By default only whole lines match, so a caller reading the line gets all of it.
 
 ``with QemuConsole(argv) as vm: vm.wait_for(r"diskci: booted", timeout=300)``; ``wait_for`` fails with
 ``BootTimeout`` carrying the last console lines, so a boot that goes wrong shows where it stopped. QEMU
@@ -101,9 +102,10 @@ class QemuConsole:
         with self._cond:
             return any(rx.search(line) for line in [*self.lines, self.partial])
 
-    def wait_for(self, pattern: str, *, timeout: float) -> str:
-        """The first console line matching ``pattern`` (the line being written counts, as it stands);
-        BootTimeout (with the console tail) when none does within ``timeout`` seconds or QEMU exits."""
+    def wait_for(self, pattern: str, *, timeout: float, unfinished: bool = False) -> str:
+        """The first console line matching ``pattern`` (with ``unfinished``, the line being written
+        counts too, as it stands); BootTimeout (with the console tail) when none does within
+        ``timeout`` seconds or QEMU exits first."""
         rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
@@ -113,7 +115,7 @@ class QemuConsole:
                     if rx.search(line):
                         return line
                 seen = len(self.lines)
-                if self.partial and rx.search(self.partial):
+                if unfinished and self.partial and rx.search(self.partial):
                     return self.partial
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:

@@ -166,7 +166,7 @@ def test_the_firmware_refuses_what_the_fleet_key_did_not_sign(
             subprocess.run(["sbverify", "--cert", cert, tmp_path / "edited.efi"], check=False).returncode != 0
         )
     with _boot(tmp_path, varstore, image, f"{variant}.efi") as vm:
-        line = vm.wait_for(REFUSED, timeout=BOOT_TIMEOUT)
+        line = vm.wait_for(REFUSED, timeout=BOOT_TIMEOUT, unfinished=True)
         assert not line.startswith("diskci:"), vm.tail()
         assert not vm.saw(r"diskci: "), vm.tail()
 
@@ -198,7 +198,7 @@ def test_the_signed_arm64_uki_boots_under_aavmf_and_an_unsigned_one_is_refused(
     manifest = BuildManifest.load(arm64_build)
     unsigned = _signable(arm64_build, 9, "arm64/rootfs.img", "arm64")
     with _boot(tmp_path, arm64_varstore, unsigned, "unsigned-arm64.efi", "arm64") as vm:
-        line = vm.wait_for(REFUSED, timeout=BOOT_TIMEOUT_ARM64)
+        line = vm.wait_for(REFUSED, timeout=BOOT_TIMEOUT_ARM64, unfinished=True)
         assert not line.startswith("diskci:"), vm.tail()
     with serve_directory(arm64_build) as (port, requests):
         signed = SbsignSigner(key).sign(_signable(arm64_build, port, "arm64/rootfs.img", "arm64"))

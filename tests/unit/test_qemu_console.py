@@ -1,5 +1,6 @@
-"""``QemuConsole`` reads a console line by line and matches the line being written before its newline
-(firmware prints ``>>Start PXE over IPv4.`` and then nothing until its DHCP gives up); a pattern that
+"""``QemuConsole`` reads a console line by line; asked to, it matches the line being written before its
+newline (firmware prints ``>>Start PXE over IPv4.`` and then nothing until its DHCP gives up), and by
+default only whole lines, so a line read is all of it; a pattern that
 never comes, or a machine that exits first, is a ``BootTimeout`` holding the console's tail. A small
 Python program stands in for QEMU here: the reading is what is tested, not QEMU."""
 
@@ -29,7 +30,9 @@ def console(tmp_path: Path, quiet_for: float) -> QemuConsole:
 
 def test_the_line_being_written_matches_before_its_newline(tmp_path: Path) -> None:
     with console(tmp_path, quiet_for=60) as vm:
-        assert vm.wait_for(r"Start PXE over IPv4", timeout=20) == ">>Start PXE over IPv4."
+        with pytest.raises(BootTimeout, match="no match within 2s"):
+            vm.wait_for(r"Start PXE over IPv4", timeout=2)  # a whole line: it has not ended yet
+        assert vm.wait_for(r"Start PXE over IPv4", timeout=20, unfinished=True) == ">>Start PXE over IPv4."
         assert vm.wait_for(r"failed to load", timeout=1) == "BdsDxe: failed to load Boot0001: Not Found"
         assert vm.saw(r"Start PXE") and not vm.saw(r"PXE-E16")
         assert vm.tail(1) == ">>Start PXE over IPv4."
