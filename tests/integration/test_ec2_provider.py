@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import itertools
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import yaml
+from cloud_config import assert_valid_cloud_config, cloud_init_schema
 from moto_ec2 import IMAGE, aws
 
 from diskci.errors import UsageError
@@ -43,7 +43,6 @@ from diskci.platform.providers.ec2 import (
 )
 from diskci.platform.settings import PlatformSettings
 from diskci.platform.tasks import TaskQueue, _run_ci_worker_task
-from host_tools import require_tool
 
 _PLATFORMS = itertools.count(1)
 WORKER = {
@@ -277,26 +276,10 @@ def test_an_instance_already_gone_terminates_cleanly(
 
 @pytest.mark.parametrize("agent", list(RunnerAgent))
 def test_cloud_init_validates_the_user_data(agent: RunnerAgent, tmp_path: Path) -> None:
-    cloud_init = require_tool("cloud-init", "Debian package 'cloud-init'")
-    path = tmp_path / "user-data"
-    path.write_text(render_user_data(machine(hostname="ci-7.build.example"), agent))
-    done = subprocess.run(
-        [cloud_init, "schema", "--config-file", str(path)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
-    assert done.returncode == 0 and "Valid cloud-config" in done.stdout, done.stdout + done.stderr
+    user_data = render_user_data(machine(hostname="ci-7.build.example"), agent)
+    assert_valid_cloud_config(user_data, tmp_path)
     # the check is real: the same file with a write_files entry of the wrong shape is refused
-    broken = yaml.safe_load(path.read_text())
+    broken = yaml.safe_load(user_data)
     broken["write_files"][0]["permissions"] = ["0600"]
-    path.write_text("#cloud-config\n" + yaml.safe_dump(broken))
-    refused = subprocess.run(
-        [cloud_init, "schema", "--config-file", str(path)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
+    refused = cloud_init_schema("#cloud-config\n" + yaml.safe_dump(broken), tmp_path)
     assert refused.returncode != 0 and "write_files.0.permissions" in refused.stdout + refused.stderr

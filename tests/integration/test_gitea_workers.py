@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cloud_config import assert_valid_cloud_config
 from moto_ec2 import IMAGE, aws
 
 from diskci.errors import InvalidRequest
@@ -57,7 +57,6 @@ from diskci.platform.services import gitea_workers
 from diskci.platform.settings import PlatformSettings
 from diskci.platform.tasks import TaskQueue, _run_ci_worker_task
 from fake_gitea import FakeGitea, served
-from host_tools import require_tool
 
 OWNER, REPO = "ops", "disk-images"
 _PLATFORMS = itertools.count(1)
@@ -175,20 +174,6 @@ def _user_data(endpoint: str, provider_id: str) -> str:
     return base64.b64decode(attribute["UserData"]["Value"]).decode()
 
 
-def _cloud_init_schema(user_data: str, tmp_path: Path) -> None:
-    cloud_init = require_tool("cloud-init", "Debian package 'cloud-init'")
-    path = tmp_path / "user-data"
-    path.write_text(user_data)
-    done = subprocess.run(
-        [cloud_init, "schema", "--config-file", str(path)],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        timeout=60,
-    )
-    assert done.returncode == 0 and "Valid cloud-config" in done.stdout, done.stdout + done.stderr
-
-
 def _in_flight_job(setup: Setup, runner_id: int) -> tuple[int, int]:
     """A Gitea run with a job the worker's runner runs (in Gitea and as the platform's CiJob row)."""
     gitea_run = setup.fake.add_run(OWNER, REPO, ref="refs/tags/v2026.12.0")
@@ -228,7 +213,7 @@ def test_provision_list_and_terminate_through_gitea(setup: Setup, tmp_path: Path
     )["Reservations"]
     assert made["Instances"][0]["InstanceId"] == provider_id.split("/")[1]
     user_data = _user_data(setup.endpoint, provider_id)
-    _cloud_init_schema(user_data, tmp_path)
+    assert_valid_cloud_config(user_data, tmp_path)
     files = {f["path"]: f for f in yaml.safe_load(user_data)["write_files"]}
     env = files[str(ACT_RUNNER_ENV_FILE)]
     assert env["permissions"] == "0600"
