@@ -25,6 +25,11 @@ from diskci.process import Child, spawn
 TAIL_LINES = 60
 
 
+def _text(raw: bytes) -> str:
+    """A console line as text (carriage returns dropped, undecodable bytes replaced)."""
+    return raw.decode(errors="replace").replace("\r", "")
+
+
 class BootTimeout(DiskciError):
     """The console line a boot waited for did not come in time, or QEMU exited first; the message
     names the pattern and holds the last console lines."""
@@ -69,18 +74,18 @@ class QemuConsole:
         try:
             while chunk := self._child.stdout.read1(65536):  # type: ignore[attr-defined]
                 *complete, pending = (pending + chunk).split(b"\n")
-                lines = [raw.decode(errors="replace").replace("\r", "") for raw in complete]
+                lines = [_text(raw) for raw in complete]
                 if log and lines:
                     log.write("".join(line + "\n" for line in lines))
                     log.flush()
                 with self._cond:
                     self.lines.extend(lines)
-                    self.partial = pending.decode(errors="replace").replace("\r", "")
+                    self.partial = _text(pending)
                     self._cond.notify_all()
         finally:
             with self._cond:
                 if pending:
-                    self.lines.append(pending.decode(errors="replace").replace("\r", ""))
+                    self.lines.append(_text(pending))
                     if log:
                         log.write(self.lines[-1] + "\n")
                 self.partial = ""
@@ -95,12 +100,16 @@ class QemuConsole:
 
     def tail(self, n: int = TAIL_LINES) -> str:
         with self._cond:
-            return "\n".join([*self.lines, self.partial][-n:] if self.partial else self.lines[-n:])
+            return "\n".join(self._all_lines()[-n:])
+
+    def _all_lines(self) -> list[str]:
+        """The whole lines and the one being written, if any (call with the lock held)."""
+        return [*self.lines, self.partial] if self.partial else self.lines
 
     def saw(self, pattern: str) -> bool:
         rx = re.compile(pattern)
         with self._cond:
-            return any(rx.search(line) for line in [*self.lines, self.partial])
+            return any(rx.search(line) for line in self._all_lines())
 
     def wait_for(self, pattern: str, *, timeout: float, unfinished: bool = False) -> str:
         """The first console line matching ``pattern`` (with ``unfinished``, the line being written

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from loopback import free_port
-from moto_ec2 import AWS_ENV
 
 from diskci import mediatypes as mt
 from diskci.manifest import Artifact, BuildManifest
@@ -95,6 +94,8 @@ def moto_url() -> Iterator[str]:
 @pytest.fixture
 def moto_endpoint(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """moto's URL, with the AWS environment boto3 reads set to dummy values."""
+    from moto_ec2 import AWS_ENV  # boto3 comes with it: imported by the tests that use moto only
+
     for name, value in AWS_ENV.items():
         monkeypatch.setenv(name, value)
     return moto_url

@@ -48,7 +48,7 @@ def client(monkeypatch: pytest.MonkeyPatch) -> tuple[RemoteRegistry, list[reques
         sent.append(f"{method} {url}")
         return answers.pop(0)
 
-    monkeypatch.setattr(reg, "_request", request)
+    monkeypatch.setattr(reg, "_send", request)
     return reg, answers, sent
 
 
@@ -64,10 +64,10 @@ def test_blob_unknown_that_persists_is_refused(
     client: tuple[RemoteRegistry, list[requests.Response], list[str]],
 ) -> None:
     reg, answers, sent = client
-    answers += [answer(400, BLOB_UNKNOWN) for _ in range(remote._SETTLE_ATTEMPTS)]
+    answers += [answer(400, BLOB_UNKNOWN) for _ in range(remote._ATTEMPTS)]
     with pytest.raises(RegistryError, match=r"answered 400: DIGEST_INVALID: .*MANIFEST_BLOB_UNKNOWN"):
         reg.push_manifest(MANIFEST, mt.OCI_MANIFEST)
-    assert len(sent) == remote._SETTLE_ATTEMPTS
+    assert len(sent) == remote._ATTEMPTS
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_blob_head_failing_for_a_moment(
     reg, answers, sent = client
     answers += [answer(500), answer(200)]
     assert reg.has_blob("sha256:" + "0" * 64)
-    answers += [answer(500) for _ in range(remote._SETTLE_ATTEMPTS)]
+    answers += [answer(500) for _ in range(remote._ATTEMPTS)]
     with pytest.raises(RegistryError, match=r"HEAD blob sha256:0+: registry 127\.0\.0\.1:5000 answered 500"):
         reg.has_blob("sha256:" + "0" * 64)
-    assert len(sent) == 2 + remote._SETTLE_ATTEMPTS
+    assert len(sent) == 2 + remote._ATTEMPTS

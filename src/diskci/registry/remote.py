@@ -2,8 +2,9 @@
 
 oras-py's high-level push serializes manifests itself and has no artifactType or index support, so
 this client sends exact bytes through ``Registry.do_request`` (which carries oras' auth handling) and
-checks ``Docker-Content-Digest`` on every manifest it sends or reads. Connection errors are retried a
-few times with back-off; HTTP errors are turned into ``RegistryError`` with the registry's message.
+checks ``Docker-Content-Digest`` on every manifest it sends or reads. Connection errors, and the
+answers a concurrent push of the same blob gives for a moment, are retried a few times with back-off;
+HTTP errors are turned into ``RegistryError`` with the registry's message.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from diskci.registry.store import (
 
 log = logging.getLogger("diskci.registry")
 _ACCEPT = ", ".join(MANIFEST_TYPES)
-_SETTLE_ATTEMPTS = 4  # requests whose answer shows a concurrent push not yet settled: at most this often
+_ATTEMPTS = 4  # a request sent again after a connection error or an unsettled answer: at most this often
 
 
 class RemoteRegistry:
@@ -51,21 +52,43 @@ class RemoteRegistry:
         self._has_referrers_api: bool | None = None
 
     # --- transport -----------------------------------------------------------------------------
-    def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
+    def _send(self, method: str, url: str, **kw: Any) -> requests.Response:
+        """One request through oras' auth handling (``do_request.__wrapped__``: without its slow
+        catch-all retry loop)."""
         if not url.startswith("http"):
             url = self._base + url
         headers = dict(kw.pop("headers", None) or {})
+        resp: requests.Response = oras.provider.Registry.do_request.__wrapped__(
+            self._oras, url, method, headers=headers, **kw
+        )
+        return resp
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        again_if: Callable[[requests.Response], bool] | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        """``_send``, again with back-off after a connection error or an answer ``again_if`` holds
+        not settled yet (a stream is sent once); the last answer when every attempt was unsettled.
+
+        ``again_if`` is for docker-registry's filesystem store, which rewrites a blob's repository link
+        in place: while another pusher links the same blob (two architectures share a layer) a HEAD of
+        it can fail (500) and a manifest naming it be refused (MANIFEST_BLOB_UNKNOWN) for a moment."""
+        attempts = 1 if isinstance(kw.get("data"), BlobBody) else _ATTEMPTS
         last: Exception | None = None
-        for _ in retrying(attempts=1 if isinstance(kw.get("data"), BlobBody) else 4):  # streams: once
+        for attempt in retrying(attempts=attempts, first_delay=0.5):
             try:
-                # do_request.__wrapped__: oras' auth handling without its slow catch-all retry loop
-                resp: requests.Response = oras.provider.Registry.do_request.__wrapped__(
-                    self._oras, url, method, headers=headers, **kw
-                )
-                return resp
+                resp = self._send(method, url, **kw)
             except requests.ConnectionError as exc:
                 last = exc
                 log.debug("%s %s: %s (retrying)", method, url, exc)
+                continue
+            if again_if is None or not again_if(resp) or attempt == attempts - 1:
+                return resp
+            log.info("%s %s: registry answered %s, asking again", method, url, resp.status_code)
         raise RegistryError(f"cannot reach registry {self.reference.host}: {last}") from last
 
     @staticmethod
@@ -83,29 +106,9 @@ class RemoteRegistry:
         detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors) or resp.text[:500]
         return RegistryError(f"{what}: registry {self.reference.host} answered {resp.status_code}: {detail}")
 
-    @staticmethod
-    def _settled(
-        send: Callable[[], requests.Response], unsettled: Callable[[requests.Response], bool], what: str
-    ) -> requests.Response:
-        """``send()``, again while its answer is ``unsettled`` (at most ``_SETTLE_ATTEMPTS`` in all).
-
-        docker-registry's filesystem store rewrites a blob's repository link in place, so while
-        another pusher links the same blob (two architectures share a layer) a HEAD of it can fail
-        (500) and a manifest naming it can be refused (MANIFEST_BLOB_UNKNOWN) for a moment."""
-        for attempt in retrying(attempts=_SETTLE_ATTEMPTS, first_delay=0.2):
-            resp = send()
-            if not unsettled(resp) or attempt == _SETTLE_ATTEMPTS - 1:
-                break
-            log.info("%s: registry answered %s, asking again", what, resp.status_code)
-        return resp
-
     # --- blobs ---------------------------------------------------------------------------------
     def has_blob(self, digest: str) -> bool:
-        resp = self._settled(
-            lambda: self._request("HEAD", f"/blobs/{digest}"),
-            lambda r: r.status_code == 500,
-            f"HEAD blob {digest}",
-        )
+        resp = self._request("HEAD", f"/blobs/{digest}", again_if=lambda r: r.status_code == 500)
         if resp.status_code == 200:
             return True
         if resp.status_code == 404:
@@ -160,15 +163,15 @@ class RemoteRegistry:
     # --- manifests -----------------------------------------------------------------------------
     def push_manifest(self, data: bytes, media_type: str, *, tag: str | None = None) -> str:
         digest = sha256_digest(data)
-        resp = self._settled(
-            lambda: self._request(
-                "PUT", f"/manifests/{tag or digest}", data=data, headers={"Content-Type": media_type}
-            ),
-            lambda r: (
+        resp = self._request(
+            "PUT",
+            f"/manifests/{tag or digest}",
+            data=data,
+            headers={"Content-Type": media_type},
+            again_if=lambda r: (
                 r.status_code == 400
                 and any(e.get("code") == "MANIFEST_BLOB_UNKNOWN" for e in self._errors(r))
             ),
-            f"PUT manifest {tag or digest}",
         )
         if resp.status_code not in (201, 200):
             raise self._fail(resp, f"PUT manifest {tag or digest}")
